@@ -1,0 +1,1 @@
+"""Evaluation protocols: one module per protocol, each writing one JSON result per run."""

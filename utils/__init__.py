@@ -1,0 +1,1 @@
+"""Tooling for people (figures, image io); not imported by the ``wrc`` library."""

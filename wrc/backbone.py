@@ -1,0 +1,208 @@
+"""A frozen timm ViT that turns images in [0, 1] into NCHW patch-feature maps.
+
+Every dimension comes from timm (embed_dim, patch_size, prefix tokens, mean/std), never from
+parsing the model name, so any timm ViT works: DINO, DINOv2 (with or without registers), CLIP,
+supervised ViTs, or a random-init model for tests.
+
+Image-size policy (``size_policy``): a ViT needs H and W to be multiples of its patch size.
+- ``"resize"`` (default): resize to the nearest multiple (at least one patch). The token grid then
+  tiles the whole image uniformly, so features upsampled to (H, W) stay aligned with its pixels.
+- ``"pad"``: replicate-pad right/bottom to the next multiple; token (i, j) covers exactly pixels
+  [iP, (i+1)P) x [jP, (j+1)P) of the original image, the last row/column partly padding.
+- ``"crop"``: centre-crop down to a multiple (loses at most P - 1 pixels per side pair).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("wrc")
+
+SIZE_POLICIES = ("resize", "pad", "crop")
+FACETS = ("token", "key", "query", "value")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class BackboneWeightsError(RuntimeError):
+    """Raised when the requested weights cannot be loaded; the message says what to pass instead."""
+
+
+RANDOM_INIT_SEED = 0
+
+
+def _load_weights(name: str, weights: str) -> nn.Module:
+    """Create the timm model with pretrained, random or local-checkpoint weights.
+
+    Random weights are drawn from a fixed seed without touching the global RNG, so every process (and
+    every later evaluation) sees the same random backbone an upsampler was trained on.
+    """
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return timm.create_model(name, pretrained=False, dynamic_img_size=True, num_classes=0)
+    if weights == "pretrained":
+        try:
+            return timm.create_model(name, pretrained=True, dynamic_img_size=True, num_classes=0)
+        except Exception as err:  # network, hub or cache failures all end here
+            raise BackboneWeightsError(
+                f"could not load pretrained weights for backbone.name={name!r} ({type(err).__name__}: {err}). "
+                "Without network access pass backbone.weights=/path/to/checkpoint.(safetensors|pth) "
+                "for a local file, or backbone.weights=random for a random initialisation."
+            ) from None
+    path = Path(os.path.expanduser(weights))
+    if not path.is_file():
+        raise BackboneWeightsError(
+            f"backbone.weights={weights!r} is neither 'pretrained', 'random' nor an existing checkpoint file"
+        )
+    try:
+        model = timm.create_model(
+            name, pretrained=True, dynamic_img_size=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+        )
+    except Exception as err:
+        raise BackboneWeightsError(
+            f"backbone.weights={weights!r} could not be loaded into backbone.name={name!r} "
+            f"({type(err).__name__}: {err}); is it a checkpoint of that architecture?"
+        ) from None
+    log.info("backbone %s loaded from %s", name, path)
+    return model
+
+
+class FrozenBackbone(nn.Module):
+    """Frozen timm ViT returning patch features of shape (B, C, h, w) for images in [0, 1].
+
+    Args:
+        name: any timm model name, optionally with a pretrained tag (``vit_small_patch14_dinov2.lvd142m``).
+        weights: ``"pretrained"`` (timm hub / cache), ``"random"``, or a path to a local checkpoint.
+        layer: block index whose output is returned (negative counts from the end).
+        facet: ``"token"`` (block output) or ``"key"``/``"query"``/``"value"`` of that block's attention.
+        final_norm: apply the model's final norm to token outputs (ignored for attention facets).
+        size_policy: how inputs that are not multiples of the patch size are handled (module docstring).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the forward pass; outputs are fp32.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        weights: str = "pretrained",
+        *,
+        layer: int = -1,
+        facet: str = "token",
+        final_norm: bool = True,
+        size_policy: str = "resize",
+        precision: str = "fp32",
+    ) -> None:
+        super().__init__()
+        if facet not in FACETS:
+            raise ValueError(f"backbone.facet={facet!r}; expected one of {FACETS}")
+        if size_policy not in SIZE_POLICIES:
+            raise ValueError(f"backbone.size_policy={size_policy!r}; expected one of {SIZE_POLICIES}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"backbone.precision={precision!r}; expected one of {tuple(PRECISIONS)}")
+        if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+            raise ValueError(
+                f"unknown backbone.name={name!r}: not a timm model (see timm.list_models('vit_*'))"
+            )
+        self.name, self.weights = name, weights
+        self.model = _load_weights(name, weights)
+        if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "patch_embed"):
+            raise ValueError(f"backbone.name={name!r} is not a ViT with patch_embed and forward_intermediates")
+        num_blocks = len(self.model.blocks)
+        if not -num_blocks <= layer < num_blocks:
+            raise ValueError(f"backbone.layer={layer} out of range for {name} with {num_blocks} blocks")
+        self.layer = layer % num_blocks
+        self.facet, self.final_norm = facet, final_norm
+        self.size_policy, self.precision = size_policy, precision
+
+        self.embed_dim: int = self.model.embed_dim
+        patch = self.model.patch_embed.patch_size
+        self.patch_size: int = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+        self.num_prefix_tokens: int = self.model.num_prefix_tokens
+        data_cfg = timm.data.resolve_model_data_config(self.model)
+        self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Always stay in eval mode: dropout and stochastic depth must never touch the frozen features."""
+        return super().train(False)
+
+    def spec(self) -> dict:
+        """The arguments that rebuild this backbone (saved beside checkpoints)."""
+        return {
+            "name": self.name, "weights": self.weights, "layer": self.layer, "facet": self.facet,
+            "final_norm": self.final_norm, "size_policy": self.size_policy, "precision": self.precision,
+        }
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) this backbone produces for an image of (height, width) pixels."""
+        p = self.patch_size
+        if height < p or width < p:
+            raise ValueError(f"image of {height}x{width} pixels is smaller than one {p}x{p} patch of {self.name}")
+        if self.size_policy == "pad":
+            return math.ceil(height / p), math.ceil(width / p)
+        if self.size_policy == "crop":
+            return height // p, width // p
+        return max(1, round(height / p)), max(1, round(width / p))
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """Apply the size policy so that both sides are multiples of the patch size."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}")
+        height, width = image.shape[-2:]
+        h, w = self.grid_size(height, width)
+        p = self.patch_size
+        if (h * p, w * p) == (height, width):
+            return image
+        if self.size_policy == "pad":
+            return F.pad(image, (0, w * p - width, 0, h * p - height), mode="replicate")
+        if self.size_policy == "crop":
+            top, left = (height - h * p) // 2, (width - w * p) // 2
+            return image[..., top : top + h * p, left : left + w * p]
+        return F.interpolate(image, size=(h * p, w * p), mode="bilinear", align_corners=False, antialias=True)
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Image (B, 3, H, W) in [0, 1] -> features (B, C, h, w), fp32."""
+        image = self.prepare(image)
+        x = (image - self.mean) / self.std
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with autocast:
+            if self.facet == "token":
+                feats = self.model.forward_intermediates(
+                    x, indices=[self.layer], norm=self.final_norm, stop_early=True,
+                    output_fmt="NCHW", intermediates_only=True,
+                )[0]
+            else:
+                feats = self._attention_facet(x)
+        return feats.float()
+
+    def _attention_facet(self, x: torch.Tensor) -> torch.Tensor:
+        """Query, key or value of block ``layer``, captured from its fused qkv projection."""
+        attn = self.model.blocks[self.layer].attn
+        if not hasattr(attn, "qkv") or attn.qkv is None:
+            raise ValueError(f"backbone.facet={self.facet!r} needs a fused qkv projection, which {self.name} lacks")
+        captured: list[torch.Tensor] = []
+        handle = attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            self.model.forward_intermediates(
+                x, indices=[self.layer], stop_early=True, output_fmt="NLC", intermediates_only=True
+            )
+        finally:
+            handle.remove()
+        qkv = captured[0]  # B, N, 3C
+        b, n, _ = qkv.shape
+        index = {"query": 0, "key": 1, "value": 2}[self.facet]
+        facet = qkv.view(b, n, 3, -1)[:, self.num_prefix_tokens :, index]  # B, hw, C
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        return facet.transpose(1, 2).reshape(b, -1, h, w)

@@ -1,0 +1,79 @@
+"""Build components from plain config dicts (the config groups backbone/, model/, objective/, optimizer/).
+
+Each group node has a ``name`` selecting a registered implementation; the other keys are its arguments.
+Runtime facts (channels, patch size) come from the built backbone, never from the config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from wrc.backbone import FrozenBackbone
+from wrc.checkpoint import load_upsampler
+from wrc.extractor import DenseFeatureExtractor
+from wrc.objectives import Objective, create_objective
+from wrc.upsamplers import Upsampler, create_upsampler
+
+
+def _split(cfg: Mapping[str, Any], group: str) -> tuple[str, dict[str, Any]]:
+    if "name" not in cfg:
+        raise ValueError(f"the {group} config needs a 'name' key; got keys {sorted(cfg)}")
+    kwargs = dict(cfg)
+    return kwargs.pop("name"), kwargs
+
+
+def build_backbone(cfg: Mapping[str, Any]) -> FrozenBackbone:
+    name, kwargs = _split(cfg, "backbone")
+    return FrozenBackbone(name, **kwargs)
+
+
+def build_upsampler(cfg: Mapping[str, Any], backbone: FrozenBackbone) -> Upsampler:
+    name, kwargs = _split(cfg, "model")
+    return create_upsampler(name, backbone.embed_dim, backbone.patch_size, **kwargs)
+
+
+def build_objective(cfg: Mapping[str, Any]) -> Objective:
+    name, kwargs = _split(cfg, "objective")
+    return create_objective(name, **kwargs)
+
+
+def build_extractor(backbone: FrozenBackbone, model: Mapping[str, Any] | str) -> DenseFeatureExtractor:
+    """Extractor from a model config node, or from a checkpoint path (checked against the backbone)."""
+    if isinstance(model, str):
+        upsampler = load_upsampler(model)
+    else:
+        upsampler = build_upsampler(model, backbone)
+    return DenseFeatureExtractor(backbone, upsampler)
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any], max_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a constant or warm-up + cosine learning-rate schedule (stepped once per optimiser step)."""
+    name = cfg.get("name", "adamw")
+    if name != "adamw":
+        raise ValueError(f"unknown optimizer.name={name!r}; expected 'adamw'")
+    lr = float(cfg["lr"])
+    if not lr > 0:
+        raise ValueError(f"optimizer.lr must be positive; got {lr}")
+    optimizer = torch.optim.AdamW(
+        params, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), weight_decay=float(cfg.get("weight_decay", 0.0))
+    )
+    schedule, warmup = cfg.get("scheduler", "cosine"), int(cfg.get("warmup_steps", 0))
+    floor = float(cfg.get("min_lr_ratio", 0.0))
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"optimizer.scheduler={schedule!r}; expected 'cosine' or 'constant'")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

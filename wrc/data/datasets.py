@@ -1,0 +1,114 @@
+"""Training images: any folder of images (searched recursively), or the built-in generated samples.
+
+Items are requested as ``(index, sample_seed)`` pairs (see ``wrc.data.sampler``) so that crops and
+flips are a function of the seed alone. Each item is ``{"image": (3, S, S) in [0, 1],
+"num_skipped": n}``, where ``n`` counts the unreadable files skipped to produce it: the training
+loop sums these, so corrupt files are reported with a count instead of crashing a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from wrc.data.samples import TRAIN_SEED_OFFSET, VAL_SEED_OFFSET, generate_scene
+from wrc.data.transforms import resized_crop, to_tensor
+
+log = logging.getLogger("wrc")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+MAX_CONSECUTIVE_FAILURES = 50
+
+
+def find_images(root: str | os.PathLike, argument: str = "data.root") -> list[Path]:
+    """All image files below ``root``, sorted; clear errors for a missing or empty folder."""
+    if root is None or str(root) == "":
+        raise ValueError(
+            f"{argument} is not set: pass {argument}=/path/to/images (a folder of jpg/png/webp files, searched "
+            "recursively), or data=samples for the built-in sample images"
+        )
+    path = Path(os.path.expanduser(str(root)))
+    if not path.is_dir():
+        raise FileNotFoundError(f"{argument}={str(root)!r} does not exist or is not a directory")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"{argument}={str(root)!r} contains no images with extensions {IMAGE_EXTENSIONS}")
+    return files
+
+
+class ImageFolder(Dataset):
+    """Every jpg/png/webp below ``root``; random (train) or centre (eval) square crops of ``image_size``."""
+
+    def __init__(self, root: str | os.PathLike, image_size: int, *, train: bool = True, min_scale: float = 0.5,
+                 argument: str = "data.root") -> None:
+        if image_size < 1:
+            raise ValueError(f"data.image_size must be a positive number of pixels; got {image_size}")
+        self.files = find_images(root, argument)
+        self.image_size, self.train, self.min_scale = image_size, train, min_scale
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> Image.Image:
+        with Image.open(self.files[index]) as image:
+            return image.convert("RGB")
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, item)
+        for skipped in range(MAX_CONSECUTIVE_FAILURES):
+            candidate = (index + skipped) % len(self)
+            try:
+                image = self._load(candidate)
+            except (OSError, UnidentifiedImageError, ValueError) as err:
+                log.warning("skipping unreadable image %s (%s)", self.files[candidate], err)
+                continue
+            rng = random.Random(seed) if self.train else None
+            image = resized_crop(image, self.image_size, rng, self.min_scale)
+            return {"image": to_tensor(image), "num_skipped": skipped}
+        raise RuntimeError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.files[index]}")
+
+
+class SampleImages(Dataset):
+    """``num_images`` generated scenes; the validation split uses disjoint seeds (held out by construction)."""
+
+    def __init__(self, num_images: int, image_size: int, *, train: bool = True, min_scale: float = 0.5,
+                 source_size: int | None = None) -> None:
+        if num_images < 1:
+            raise ValueError(f"data.num_images must be >= 1; got {num_images}")
+        self.num_images, self.image_size, self.train, self.min_scale = num_images, image_size, train, min_scale
+        self.source_size = source_size or 2 * image_size
+        self.offset = TRAIN_SEED_OFFSET if train else VAL_SEED_OFFSET
+        self._cache: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, seed = item if isinstance(item, tuple) else (item, item)
+        if index not in self._cache:
+            self._cache[index] = generate_scene(self.offset + index, self.source_size)
+        rng = random.Random(seed) if self.train else None
+        image = resized_crop(self._cache[index], self.image_size, rng, self.min_scale)
+        return {"image": to_tensor(image), "num_skipped": 0}
+
+
+def build_dataset(cfg: dict, *, train: bool = True) -> Dataset:
+    """Dataset from the ``data`` config group (``name: image_folder | samples``)."""
+    name = cfg.get("name")
+    common = {"train": train, "min_scale": cfg.get("min_scale", 0.5)}
+    if name == "image_folder":
+        return ImageFolder(cfg.get("root"), cfg["image_size"], **common)
+    if name == "samples":
+        return SampleImages(cfg.get("num_images", 64), cfg["image_size"], **common)
+    raise ValueError(f"unknown data.name={name!r}; expected 'image_folder' or 'samples'")
+
+
+def stack_batch(items: list[dict]) -> dict:
+    """Collate: images stacked, skip counts summed."""
+    return {"image": torch.stack([it["image"] for it in items]), "num_skipped": sum(it["num_skipped"] for it in items)}
