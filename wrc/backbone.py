@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class BackboneWeightsError(RuntimeError):
 
 
 RANDOM_INIT_SEED = 0
+HEAD_KEYS = ("head.", "fc_norm.", "head_drop.")  # classifier parts a feature backbone drops
 
 
 def _load_weights(name: str, weights: str) -> nn.Module:
@@ -63,15 +65,26 @@ def _load_weights(name: str, weights: str) -> nn.Module:
         raise BackboneWeightsError(
             f"backbone.weights={weights!r} is neither 'pretrained', 'random' nor an existing checkpoint file"
         )
+    model = timm.create_model(name, pretrained=False, dynamic_img_size=True, num_classes=0)
     try:
-        model = timm.create_model(
-            name, pretrained=True, dynamic_img_size=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
-        )
+        state = timm.models.load_state_dict(str(path))
+        filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is not None:  # converts official (non-timm) checkpoint layouts, resizes pos_embed
+            state = filter_fn(state, model)
+        result = model.load_state_dict(state, strict=False)
     except Exception as err:
         raise BackboneWeightsError(
-            f"backbone.weights={weights!r} could not be loaded into backbone.name={name!r} "
-            f"({type(err).__name__}: {err}); is it a checkpoint of that architecture?"
+            f"backbone.weights={weights!r} could not be read as a checkpoint of backbone.name={name!r} "
+            f"({type(err).__name__}: {err})"
         ) from None
+    missing = [k for k in result.missing_keys if not k.startswith(HEAD_KEYS)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(HEAD_KEYS)]
+    if missing or unexpected:
+        raise BackboneWeightsError(
+            f"backbone.weights={weights!r} does not fit backbone.name={name!r}: is it a checkpoint of that "
+            f"architecture? missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
     log.info("backbone %s loaded from %s", name, path)
     return model
 

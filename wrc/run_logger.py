@@ -50,7 +50,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
-                raise ImportError("logger.tensorboard=true needs the tensorboard package: pip install tensorboard") from err
+                raise ImportError("logger.tensorboard=true needs tensorboard: pip install 'wrc[tensorboard]'") from err
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if wandb:
             try:

@@ -137,13 +137,14 @@ def train(config: dict[str, Any]) -> TrainResult:
     backbone = build_backbone(config["backbone"]).to(ctx.device)
     upsampler = build_upsampler(config["model"], backbone).to(ctx.device)
     if not upsampler.trainable or not any(p.requires_grad for p in upsampler.parameters()):
-        raise ValueError(f"model={upsampler.name} has no parameters to train; choose a learned model such as model=lift")
+        raise ValueError(f"model={upsampler.name} has no parameters to train; choose a learned model (model=lift)")
     objective = build_objective(config["objective"]).to(ctx.device)
     step_module: nn.Module = TrainStep(backbone, upsampler, objective)
     if ctx.enabled:
         if ctx.device.type == "cuda" and train_cfg.get("sync_batchnorm", True):
             step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
-        step_module = DistributedDataParallel(step_module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+        device_ids = [ctx.device] if ctx.device.type == "cuda" else None
+        step_module = DistributedDataParallel(step_module, device_ids=device_ids)
     trainable = [p for p in step_module.parameters() if p.requires_grad]
     optimizer, scheduler = build_optimizer(trainable, config["optimizer"], max_steps)
 

@@ -51,5 +51,5 @@ class ColorJitter(nn.Module):
         gray = _gray(out)
         out = ((out - gray) * sat + gray).clamp(0, 1)
         if self.hue > 0:
-            out = torch.stack([TF.adjust_hue(img, float(h)) for img, h in zip(out, hue)])
+            out = torch.stack([TF.adjust_hue(img, float(h)) for img, h in zip(out, hue, strict=True)])
         return apply * out + (1 - apply) * image

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, tiny_train_config
+from wrc import load_upsampler
+from wrc.objectives.lift_multiscale import LiftMultiscale
+from wrc.run_logger import read_metrics
+from wrc.training import NonFiniteLossError, train
+
+HELPER = REPO_ROOT / "tests" / "helpers" / "train_from_json.py"
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _write_config(path, config) -> str:
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_short_run_writes_logs_and_checkpoints(tmp_path):
+    result = train(tiny_train_config(tmp_path / "run"))
+    history = read_metrics(tmp_path / "run")
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert all({"loss", "loss_x2", "loss_x4", "lr", "images_per_s"} <= set(h) for h in history)
+    assert result.checkpoint.name == "step_0000004"
+    upsampler = load_upsampler(tmp_path / "run")
+    assert upsampler.name == "lift" and upsampler.in_channels == 64
+    meta = json.loads((result.checkpoint / "upsampler.json").read_text())
+    assert meta["backbone"]["name"] == "test_vit" and meta["config"]["train"]["max_steps"] == 4
+
+
+def test_warmup_cosine_schedule(tmp_path):
+    config = tiny_train_config(tmp_path / "run", optimizer={"lr": 1e-3, "warmup_steps": 2, "min_lr_ratio": 0.0})
+    train(config)
+    lrs = [h["lr"] for h in read_metrics(tmp_path / "run")]
+    # after step 1: warm-up 2/2; then cosine over the remaining 2 steps: 0.5, 0.
+    assert lrs == pytest.approx([1e-3, 1e-3, 0.5e-3, 0.0], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_reproduce_the_uninterrupted_losses(tmp_path):
+    config = tiny_train_config(tmp_path / "reference", train={"max_steps": 60, "ckpt_every": 5, "log_every": 1})
+    subprocess.run([sys.executable, str(HELPER), _write_config(tmp_path / "ref.json", config)], check=True,
+                   env=_env(), cwd=REPO_ROOT, capture_output=True)
+    reference = read_metrics(tmp_path / "reference")
+
+    config["run_dir"] = str(tmp_path / "killed")
+    proc = subprocess.Popen([sys.executable, str(HELPER), _write_config(tmp_path / "kill.json", config)], env=_env(),
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "LATEST"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = len(read_metrics(tmp_path / "killed"))
+    assert killed_at < 60
+
+    config["resume"] = True
+    subprocess.run([sys.executable, str(HELPER), _write_config(tmp_path / "resume.json", config)], check=True,
+                   env=_env(), cwd=REPO_ROOT, capture_output=True)
+    resumed = read_metrics(tmp_path / "killed")
+    assert [h["step"] for h in resumed] == list(range(1, 61))
+    for ref, res in zip(reference, resumed, strict=True):
+        for key in ("loss", "loss_x2", "loss_x4", "lr"):
+            assert res[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (ref["step"], key)
+
+
+def test_resume_with_a_run_directory_path(tmp_path):
+    train(tiny_train_config(tmp_path / "run"))
+    config = tiny_train_config(tmp_path / "ignored", resume=str(tmp_path / "run"), train={"max_steps": 6})
+    result = train(config)
+    assert result.run_dir == tmp_path / "run" and result.checkpoint.name == "step_0000006"
+    assert [h["step"] for h in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):
+    def nan_loss(self, backbone, upsampler, images):
+        out = upsampler(backbone(images), images)
+        return {"loss": out.mean() * float("nan")}
+
+    monkeypatch.setattr(LiftMultiscale, "forward", nan_loss)
+    with pytest.raises(NonFiniteLossError, match="not finite at step 1.*optimizer.lr"):
+        train(tiny_train_config(tmp_path / "run"))
+
+
+def test_training_a_parameter_free_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="model=bilinear has no parameters to train"):
+        config = tiny_train_config(tmp_path / "run")
+        config["model"] = {"name": "bilinear"}
+        train(config)
+
+
+def test_resume_path_without_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a run directory"):
+        train(tiny_train_config(tmp_path / "run", resume=str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_gloo(tmp_path):
+    config = tiny_train_config(tmp_path / "run", train={"max_steps": 3, "ckpt_every": 2})
+    states = tmp_path / "states"
+    states.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HELPER),
+           _write_config(tmp_path / "ddp.json", config), "--save-state", str(states)]
+    proc = subprocess.run(cmd, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(states / f"rank{r}.pt") for r in range(2))
+    # DDP keeps every parameter identical across ranks. BatchNorm running statistics are broadcast from
+    # rank 0 at each forward, so after the last step each rank holds its own update (rank 0's is saved).
+    parameters = [k for k in rank0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(parameters) > 10
+    for key in parameters:
+        torch.testing.assert_close(rank0[key], rank1[key], msg=key)
+    history = read_metrics(tmp_path / "run")
+    assert [h["step"] for h in history] == [1, 2, 3]  # rank 0 alone logs
+    assert history[0]["images_per_s"] > 0
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")) == ["step_0000002", "step_0000003"]
