@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import wrc
@@ -115,9 +115,8 @@ def resolve_run_dir(config: dict[str, Any]) -> tuple[Path, bool]:
     return Path(config["run_dir"]), str(resume).lower() == "true"
 
 
-def make_loader(config: dict[str, Any], ctx: DistributedContext, start_step: int) -> DataLoader:
+def make_loader(config: dict[str, Any], dataset: Dataset, ctx: DistributedContext, start_step: int) -> DataLoader:
     data = config["data"]
-    dataset = build_dataset(data, train=True)
     sampler = ResumableSampler(len(dataset), data["batch_size"], seed=config["seed"], rank=ctx.rank,
                                world_size=ctx.world_size, start_step=start_step)
     workers = int(data.get("num_workers", 0))
@@ -133,6 +132,7 @@ def train(config: dict[str, Any]) -> TrainResult:
     train_cfg = config["train"]
     max_steps = int(train_cfg["max_steps"])
     seed_everything(int(config["seed"]) + ctx.rank)
+    dataset = build_dataset(config["data"], train=True)  # first, so a bad data.root fails before any download
 
     backbone = build_backbone(config["backbone"]).to(ctx.device)
     upsampler = build_upsampler(config["model"], backbone).to(ctx.device)
@@ -172,7 +172,7 @@ def train(config: dict[str, Any]) -> TrainResult:
             log.info("resumed from %s at step %d", last, start_step)
     ctx.barrier()
 
-    loader = make_loader(config, ctx, start_step)
+    loader = make_loader(config, dataset, ctx, start_step)
     logger_cfg = config.get("logger", {})
     logger = RunLogger(run_dir, tensorboard=logger_cfg.get("tensorboard", False), wandb=logger_cfg.get("wandb", False),
                        wandb_project=logger_cfg.get("wandb_project", "wrc"),

@@ -1,0 +1,75 @@
+"""Timing, memory and result-writing helpers shared by the benchmarks (no Hydra needed)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeat: int = 10) -> dict[str, float]:
+    """Median and spread of ``repeat`` timed calls after ``warmup`` untimed ones, in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    return {
+        "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "command": " ".join([sys.executable, *sys.argv]),
+    }
+
+
+def write_results(name: str, record: dict, table: str) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` (a header with device, date and command, then ``table``)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md"
+    json_path.write_text(json.dumps(record, indent=2))
+    env = record["environment"]
+    header = (f"# {name}\n\n- device: {env['device']}\n- date: {env['date']}\n- torch: {env['torch']}\n"
+              f"- commit: {env['commit']}\n- command: `{env['command']}`\n\n")
+    md_path.write_text(header + table + "\n")
+    return json_path, md_path
