@@ -48,12 +48,13 @@ def train_worker(config_path: str) -> None:
 
     config = json.loads(Path(config_path).read_text())
     device = torch.device(config["device"])
+    baseline = peak_rss_mib()  # interpreter + torch + timm, before any model or data exists
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = train(config)
     rates = [h["images_per_s"] for h in result.history[1:]]  # the first window includes start-up
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
-    print(json.dumps({"images_per_s": sum(rates) / len(rates), "peak_memory_mib": peak,
+    print(json.dumps({"images_per_s": sum(rates) / len(rates), "peak_memory_mib": peak, "baseline_rss_mib": baseline,
                       "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"}))
 
 
@@ -79,7 +80,7 @@ def bench_inference(device: torch.device, sizes: tuple[int, ...], batch: int) ->
         features = backbone(image)
         target = (features.shape[-2] * 2, features.shape[-1] * 2)
         backbone_ms = time_call(lambda image=image: backbone(image), device)["median_ms"]
-        times = {name: time_call(lambda up=up, f=features, i=image: up(f, i, target), device)["median_ms"]
+        times = {name: time_call(lambda up=up, f=features, i=image, t=target: up(f, i, t), device)["median_ms"]
                  for name, up in upsamplers.items()}
         for name, ms in times.items():
             rows.append({"upsampler": name, "image_size": size, "batch": batch, "grid": list(features.shape[-2:]),
@@ -104,9 +105,11 @@ def main() -> None:
     record = {"environment": environment(device), "training": training, "inference": inference}
     lines = [
         "## Quickstart training (test_vit, LiFT, 224 px crops, batch 8)", "",
-        "| images/s | peak memory (MiB) | memory measured as |", "| ---: | ---: | --- |",
-        f"| {training['images_per_s']:.1f} | {training['peak_memory_mib']:.0f} | {training['memory_kind']} |", "",
-        "## Inference, ViT-S/14 features, 2x (batch %d)" % args.batch, "",
+        "| images/s | peak memory (MiB) | memory measured as | process RSS before training (MiB) |",
+        "| ---: | ---: | --- | ---: |",
+        f"| {training['images_per_s']:.1f} | {training['peak_memory_mib']:.0f} | {training['memory_kind']} "
+        f"| {training['baseline_rss_mib']:.0f} |", "",
+        f"## Inference, ViT-S/14 features, 2x (batch {args.batch})", "",
         "| upsampler | image | grid -> output | median ms | x bilinear | x backbone forward |",
         "| --- | ---: | --- | ---: | ---: | ---: |",
     ]

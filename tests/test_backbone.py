@@ -111,3 +111,14 @@ class TestBackboneErrors:
     def test_not_an_image(self, test_vit):
         with pytest.raises(ValueError, match=r"image must be \(B, 3, H, W\)"):
             test_vit(torch.rand(1, 1, 32, 32))
+
+
+def test_several_layers_are_concatenated():
+    image = torch.rand(1, 3, 32, 48)
+    both = FrozenBackbone("test_vit", "random", layer=[2, -1], final_norm=False)
+    assert both.embed_dim == 128
+    singles = [FrozenBackbone("test_vit", "random", layer=i, final_norm=False)(image) for i in (2, 5)]
+    torch.testing.assert_close(both(image), torch.cat(singles, dim=1))
+    keys = FrozenBackbone("test_vit", "random", layer=[1, 3], facet="key")(image)
+    assert keys.shape == (1, 128, 2, 3)
+    torch.testing.assert_close(keys[:, 64:], FrozenBackbone("test_vit", "random", layer=3, facet="key")(image))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -111,3 +112,18 @@ def test_cfg_job_prints_a_readable_config():
     out = _cli("experiment=quickstart", "--cfg", "job")
     cfg = OmegaConf.create(out)
     assert cfg.model.name == "lift" and cfg.backbone.name == "test_vit" and cfg.train.max_steps == 800
+
+
+def test_resolvers_are_discovered_by_hydra_without_explicit_registration(tmp_path):
+    """Hydra imports hydra_plugins/* at start-up, so a bare compose resolves ${wrc.strip_tag:...}."""
+    script = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from omegaconf import OmegaConf\n"
+        f"with initialize_config_dir(version_base='1.3', config_dir={str(CONFIG_DIR)!r}):\n"
+        "    cfg = compose('train', overrides=['run_dir=x', 'backbone=dino_vits16'])\n"
+        "print(cfg.name)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "lift_vit_small_patch16_224"

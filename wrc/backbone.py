@@ -95,7 +95,8 @@ class FrozenBackbone(nn.Module):
     Args:
         name: any timm model name, optionally with a pretrained tag (``vit_small_patch14_dinov2.lvd142m``).
         weights: ``"pretrained"`` (timm hub / cache), ``"random"``, or a path to a local checkpoint.
-        layer: block index whose output is returned (negative counts from the end).
+        layer: block index whose output is returned (negative counts from the end), or a list of them,
+            whose features are concatenated along channels (``embed_dim`` grows accordingly).
         facet: ``"token"`` (block output) or ``"key"``/``"query"``/``"value"`` of that block's attention.
         final_norm: apply the model's final norm to token outputs (ignored for attention facets).
         size_policy: how inputs that are not multiples of the patch size are handled (module docstring).
@@ -107,7 +108,7 @@ class FrozenBackbone(nn.Module):
         name: str,
         weights: str = "pretrained",
         *,
-        layer: int = -1,
+        layer: int | list[int] = -1,
         facet: str = "token",
         final_norm: bool = True,
         size_policy: str = "resize",
@@ -129,13 +130,15 @@ class FrozenBackbone(nn.Module):
         if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "patch_embed"):
             raise ValueError(f"backbone.name={name!r} is not a ViT with patch_embed and forward_intermediates")
         num_blocks = len(self.model.blocks)
-        if not -num_blocks <= layer < num_blocks:
+        requested = [layer] if isinstance(layer, int) else list(layer)
+        if not requested or any(not -num_blocks <= i < num_blocks for i in requested):
             raise ValueError(f"backbone.layer={layer} out of range for {name} with {num_blocks} blocks")
-        self.layer = layer % num_blocks
+        self.layer = layer
+        self.layers = [i % num_blocks for i in requested]
         self.facet, self.final_norm = facet, final_norm
         self.size_policy, self.precision = size_policy, precision
 
-        self.embed_dim: int = self.model.embed_dim
+        self.embed_dim: int = self.model.embed_dim * len(self.layers)
         patch = self.model.patch_embed.patch_size
         self.patch_size: int = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
         self.num_prefix_tokens: int = self.model.num_prefix_tokens
@@ -193,29 +196,35 @@ class FrozenBackbone(nn.Module):
         with autocast:
             if self.facet == "token":
                 feats = self.model.forward_intermediates(
-                    x, indices=[self.layer], norm=self.final_norm, stop_early=True,
+                    x, indices=self.layers, norm=self.final_norm, stop_early=True,
                     output_fmt="NCHW", intermediates_only=True,
-                )[0]
+                )
             else:
-                feats = self._attention_facet(x)
-        return feats.float()
+                feats = self._attention_facets(x)
+        return torch.cat(feats, dim=1).float() if len(feats) > 1 else feats[0].float()
 
-    def _attention_facet(self, x: torch.Tensor) -> torch.Tensor:
-        """Query, key or value of block ``layer``, captured from its fused qkv projection."""
-        attn = self.model.blocks[self.layer].attn
-        if not hasattr(attn, "qkv") or attn.qkv is None:
-            raise ValueError(f"backbone.facet={self.facet!r} needs a fused qkv projection, which {self.name} lacks")
-        captured: list[torch.Tensor] = []
-        handle = attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    def _attention_facets(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Query, key or value of each selected block, captured from its fused qkv projection."""
+        captured: dict[int, torch.Tensor] = {}
+        handles = []
+        for index in self.layers:
+            attn = self.model.blocks[index].attn
+            if getattr(attn, "qkv", None) is None:
+                raise ValueError(f"backbone.facet={self.facet!r} needs a fused qkv projection, which {self.name} lacks")
+            hook = lambda _m, _i, out, index=index: captured.__setitem__(index, out)
+            handles.append(attn.qkv.register_forward_hook(hook))
         try:
             self.model.forward_intermediates(
-                x, indices=[self.layer], stop_early=True, output_fmt="NLC", intermediates_only=True
+                x, indices=[max(self.layers)], stop_early=True, output_fmt="NLC", intermediates_only=True
             )
         finally:
-            handle.remove()
-        qkv = captured[0]  # B, N, 3C
-        b, n, _ = qkv.shape
-        index = {"query": 0, "key": 1, "value": 2}[self.facet]
-        facet = qkv.view(b, n, 3, -1)[:, self.num_prefix_tokens :, index]  # B, hw, C
+            for handle in handles:
+                handle.remove()
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-        return facet.transpose(1, 2).reshape(b, -1, h, w)
+        part = {"query": 0, "key": 1, "value": 2}[self.facet]
+        maps = []
+        for index in self.layers:
+            qkv = captured[index]  # B, N, 3C
+            facet = qkv.view(qkv.shape[0], qkv.shape[1], 3, -1)[:, self.num_prefix_tokens :, part]  # B, hw, C
+            maps.append(facet.transpose(1, 2).reshape(qkv.shape[0], -1, h, w))
+        return maps
