@@ -111,7 +111,7 @@ def test_help_lists_groups_and_config():
 def test_cfg_job_prints_a_readable_config():
     out = _cli("experiment=quickstart", "--cfg", "job")
     cfg = OmegaConf.create(out)
-    assert cfg.model.name == "lift" and cfg.backbone.name == "test_vit" and cfg.train.max_steps == 800
+    assert cfg.model.name == "wrc" and cfg.backbone.name == "test_vit" and cfg.train.max_steps == 300
 
 
 def test_resolvers_are_discovered_by_hydra_without_explicit_registration(tmp_path):

@@ -1,6 +1,6 @@
 """Upsamplers: one module per method, all registered by name on import."""
 
-from wrc.upsamplers import interpolate, lift  # noqa: F401  (registration side effects)
+from wrc.upsamplers import converse2d, interpolate, lift, wrc  # noqa: F401  (registration side effects)
 from wrc.upsamplers.base import (
     Upsampler,
     create_upsampler,

@@ -1,0 +1,89 @@
+"""Training throughput and peak memory of the quickstart configuration (and of LiFT in its place).
+
+    python -m benchmarks.bench_training [--device cuda] [--steps 40]
+
+Each configuration trains in its own subprocess, so that its peak memory is its own (CUDA: max
+allocated; CPU: process peak RSS, reported beside the RSS before any model exists). The quickstart
+configuration is benchmarks/configs/quickstart.json, the composed ``experiment=quickstart`` (kept
+identical by tests/test_benchmarks.py), so this runs without Hydra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import environment, peak_rss_mib, write_results
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = json.loads((Path(__file__).parent / "configs" / "quickstart.json").read_text())
+VARIANTS = {
+    "quickstart (wrc, wrc_multicrop)": {},
+    "lift, lift_multiscale": {"model": {"name": "lift", "image_channels": 32},
+                              "objective": {"name": "lift_multiscale", "jitter": {}}},
+}
+
+
+def train_worker(config_path: str) -> None:
+    """Subprocess body: train, then print throughput and peak memory as one JSON line."""
+    from wrc.training import train
+
+    config = json.loads(Path(config_path).read_text())
+    device = torch.device(config["device"])
+    baseline = peak_rss_mib()  # interpreter + torch + timm, before any model or data exists
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = train(config)
+    rates = [h["images_per_s"] for h in result.history[1:]]  # the first window includes start-up
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
+    print(json.dumps({"images_per_s": sum(rates) / len(rates), "peak_memory_mib": peak, "baseline_rss_mib": baseline,
+                      "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"}))
+
+
+def bench(variant: dict, device: str, steps: int) -> dict:
+    config = copy.deepcopy(QUICKSTART)
+    config.update(copy.deepcopy(variant))
+    with tempfile.TemporaryDirectory() as tmp:
+        config.update(device=device, run_dir=str(Path(tmp) / "run"))
+        config["train"].update(max_steps=steps, log_every=10, ckpt_every=10**9)
+        path = Path(tmp) / "config.json"
+        path.write_text(json.dumps(config))
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_training", "--worker", str(path)],
+                              cwd=REPO_ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        return {"steps": steps, "batch_size": config["data"]["batch_size"], "image_size": config["data"]["image_size"],
+                **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return train_worker(args.worker)
+    device = torch.device(args.device)
+    rows = {name: bench(variant, args.device, args.steps) for name, variant in VARIANTS.items()}
+    lines = ["Quickstart data (224 px crops, batch 8), test_vit backbone.", "",
+             "| configuration | images/s | peak memory (MiB) | measured as | RSS before training (MiB) |",
+             "| --- | ---: | ---: | --- | ---: |"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['images_per_s']:.1f} | {row['peak_memory_mib']:.0f} | {row['memory_kind']} "
+                     f"| {row['baseline_rss_mib']:.0f} |")
+    record = {"environment": environment(device), "results": rows}
+    for path in write_results(f"training_{device.type}", record, "\n".join(lines)):
+        print(path)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The image-guided network shared by WRC, Converse2D and the transposed-conv ablation.
+
+After the WRC paper's model: a guidance encoder gives image features at the token grid and at 2x;
+tokens and image features are fused; an *upsampling layer* lifts the fused features to 2x; the result
+is fused with the 2x image features and projected back to C channels. Only the upsampling layer
+differs between the three registered methods, which is exactly the paper's Table 3 ablation.
+
+Deliberate departures from the original, each switchable for ablations:
+- GroupNorm instead of BatchNorm (the original trains BatchNorm with batch 4);
+- ``feature_skip``: the output adds the bilinearly upsampled input features, and the head starts near
+  zero, so an untrained model is (almost exactly) bilinear and training learns a correction (the original
+  re-predicts every feature from scratch);
+- the prior fed to the layer is bilinear with half-pixel centres, on the layer's own geometry
+  (optionally refined by a learned, zero-initialised correction from the guidance).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wrc.layers.blocks import Bottleneck, GuidanceEncoder, fused_width, half_pixel_upsample
+from wrc.upsamplers.base import Upsampler
+from wrc.upsamplers.lift import GuidanceNormalize
+
+
+class GuidedReverseNet(Upsampler):
+    """Base for the guided 2x networks; subclasses build the upsampling layer in ``make_layer``.
+
+    Args:
+        in_channels, patch_size: from the backbone.
+        image_channels: width of the guidance encoder (32 in the paper).
+        feature_skip: add the bilinear input features to the output (head initialised near zero).
+        prior_refine: add a learned, zero-initialised correction to the bilinear prior.
+    """
+
+    scale = 2
+
+    def __init__(self, in_channels: int, patch_size: int, *, image_channels: int = 32, feature_skip: bool = True,
+                 prior_refine: bool = False, **layer_kwargs) -> None:
+        super().__init__(in_channels, patch_size)
+        k, width = image_channels, fused_width(in_channels, image_channels)
+        self.feature_skip = feature_skip
+        self.normalize = GuidanceNormalize()
+        self.encoder = GuidanceEncoder(k)
+        self.fuse = nn.Sequential(Bottleneck(in_channels + k, width), Bottleneck(width, width))
+        self.prior_refine = nn.Conv2d(width + k, width, 3, padding=1) if prior_refine else None
+        if self.prior_refine is not None:
+            nn.init.zeros_(self.prior_refine.weight)
+            nn.init.zeros_(self.prior_refine.bias)
+        self.layer = self.make_layer(width, k, **layer_kwargs)
+        self.out = Bottleneck(width + k, in_channels // 2)
+        self.head = nn.Conv2d(in_channels // 2, in_channels, 1)
+        if feature_skip:  # near zero, not zero: the output starts at bilinear and every layer gets gradients
+            nn.init.normal_(self.head.weight, std=1e-3)
+            nn.init.zeros_(self.head.bias)
+
+    def make_layer(self, channels: int, guide_channels: int, **kwargs) -> nn.Module:
+        raise NotImplementedError
+
+    def lift(self, y: torch.Tensor, z: torch.Tensor, guide_2x: torch.Tensor) -> torch.Tensor:
+        """(B, C', h, w) -> (B, C', 2h, 2w) with the prior z and the 2x guidance."""
+        return self.layer(y, z, guide_2x)
+
+    def upsample_step(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        h, w = features.shape[-2:]
+        guide_size = (h * self.patch_size, w * self.patch_size)
+        if image.shape[-2:] != guide_size:  # the guidance at this step's scale
+            image = F.interpolate(image, size=guide_size, mode="bilinear", align_corners=False, antialias=True)
+        guide_2x, guide_1x = self.encoder(self.normalize(image), (h, w))
+        y = self.fuse(torch.cat([features, guide_1x], dim=1))  # B, C', h, w
+        z = half_pixel_upsample(y, 2)  # B, C', 2h, 2w: the prior, on the solve's geometry
+        if self.prior_refine is not None:
+            z = z + self.prior_refine(torch.cat([z, guide_2x], dim=1))
+        x = self.lift(y, z, guide_2x).to(y.dtype)  # B, C', 2h, 2w
+        out = self.head(self.out(torch.cat([x, guide_2x], dim=1)))  # B, C, 2h, 2w
+        return out + half_pixel_upsample(features, 2) if self.feature_skip else out
