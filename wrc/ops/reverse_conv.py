@@ -30,10 +30,33 @@ Three solvers:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
+try:
+    import torch_wrc
+except ImportError:  # the library works without its compiled extension
+    torch_wrc = None
+
+log = logging.getLogger("wrc")
 PADDING_MODES = ("reflect", "replicate", "circular")
+_EXTENSION_DTYPES = (torch.float32, torch.float64)
+_announced = False
+
+
+def extension_enabled(device: torch.device) -> bool:
+    """Whether the fused torch_wrc kernels serve this device (the reference runs otherwise; said once)."""
+    global _announced
+    available = torch_wrc is not None and torch_wrc.is_available()
+    if available and (device.type == "cpu" or (device.type == "cuda" and torch_wrc.has_cuda_kernels())):
+        return True
+    if not _announced:
+        reason = "not installed" if torch_wrc is None else torch_wrc.unavailable_reason() or f"no {device.type} kernels"
+        log.info("torch_wrc extension not in use (%s): using the pure-PyTorch reference operators", reason)
+        _announced = True
+    return False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,6 +223,8 @@ def reverse_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, scale: 
 
 
 def _check_weights(w_low: torch.Tensor, w_high: torch.Tensor) -> None:
+    if torch.compiler.is_compiling():  # value checks would break the graph; the layers bound weights by construction
+        return
     if (w_low < 0).any() or torch.isnan(w_low).any():
         raise ValueError("w_low must be >= 0 everywhere (data-fidelity weights); predict it with a bounded, "
                          "non-negative parameterisation such as eps + softplus")
@@ -210,6 +235,17 @@ def _check_weights(w_low: torch.Tensor, w_high: torch.Tensor) -> None:
 
 def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
                 w_high: torch.Tensor) -> torch.Tensor:
+    """(b) k = s, through the fused torch_wrc kernel when available, else ``block_solve_reference``."""
+    if y.dtype in _EXTENSION_DTYPES and extension_enabled(y.device):
+        b, c = y.shape[:2]
+        return torch.ops.wrc.block_solve(y.contiguous(), z.contiguous(), kernel.contiguous(),
+                                         w_low.expand(b, c, *y.shape[-2:]).contiguous(),
+                                         w_high.expand(b, c, *z.shape[-2:]).contiguous())
+    return block_solve_reference(y, z, kernel, w_low, w_high)
+
+
+def block_solve_reference(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
+                          w_high: torch.Tensor) -> torch.Tensor:
     """(b) k = s: each token's s x s block is an independent rank-one problem (Sherman-Morrison).
 
         x_B = z_B + D^-1 kappa wL (y - kappa . z_B) / (1 + wL kappa^T D^-1 kappa),   D = diag(wH on B)

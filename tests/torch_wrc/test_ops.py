@@ -1,0 +1,112 @@
+"""torch_wrc: opcheck, gradcheck and parity with the pure-PyTorch reference (CPU here, CUDA where a GPU exists)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import torch_wrc
+from tests.conftest import REPO_ROOT
+from wrc import create_upsampler
+from wrc.layers.reverse_conv import ReverseKernel
+from wrc.ops.reverse_conv import block_solve_reference, weighted_reverse_conv
+
+pytestmark = pytest.mark.skipif(not torch_wrc.is_available(),
+                                reason=f"torch_wrc not built: {torch_wrc.unavailable_reason()}")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and torch_wrc.has_cuda_kernels() else [])
+
+
+def block_problem(device, dtype, scale=2, b=2, c=3, h=5, w=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(b, c, h, w, generator=g), torch.randn(b, c, h * scale, w * scale, generator=g),
+               torch.rand(c, scale, scale, generator=g) + 0.1, torch.rand(b, c, h, w, generator=g) * 3,
+               torch.rand(b, c, h * scale, w * scale, generator=g) + 0.2]
+    return [t.to(device=device, dtype=dtype) for t in tensors]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(device, dtype):
+    args = block_problem(device, dtype)
+    torch.library.opcheck(torch.ops.wrc.block_solve.default, [a.requires_grad_() for a in args])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_parity_with_the_reference_fp32(device, scale):
+    args = block_problem(device, torch.float32, scale=scale)
+    fused = torch.ops.wrc.block_solve(*args)
+    reference = block_solve_reference(*args)
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(fused)
+    leaves_f = [a.clone().requires_grad_() for a in args]
+    leaves_r = [a.clone().requires_grad_() for a in args]
+    (torch.ops.wrc.block_solve(*leaves_f) * grad).sum().backward()
+    (block_solve_reference(*leaves_r) * grad).sum().backward()
+    for f, r in zip(leaves_f, leaves_r, strict=True):
+        torch.testing.assert_close(f.grad, r.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
+    args = [a.requires_grad_() for a in block_problem(device, torch.float64, b=1, c=2, h=3, w=2)]
+    assert torch.autograd.gradcheck(torch.ops.wrc.block_solve, args)
+
+
+def test_public_solver_uses_the_extension():
+    args = block_problem("cpu", torch.float64)
+    y, z, kernel, w_low, w_high = args
+    torch.testing.assert_close(weighted_reverse_conv(y, z, kernel, 2, w_low, w_high),
+                               block_solve_reference(*args))
+
+
+def test_unsupported_dtype_is_a_clear_error():
+    args = block_problem("cpu", torch.float16)
+    with pytest.raises(RuntimeError, match="supports float32 and float64 tensors; got y of dtype Half"):
+        torch.ops.wrc.block_solve(*args)
+
+
+def test_shape_mismatch_is_a_clear_error():
+    y, z, kernel, w_low, w_high = block_problem("cpu", torch.float32)
+    with pytest.raises(RuntimeError, match=r"z must be \(B, C, s h, s w\)"):
+        torch.ops.wrc.block_solve(y, z[..., :-2], kernel, w_low, w_high)
+
+
+def test_compiles_without_graph_breaks_in_the_solve():
+    learned_kernel = ReverseKernel(16, 2)
+    y, z, _, w_low, w_high = block_problem("cpu", torch.float32, c=16)
+
+    def solve(y, z, w_low, w_high):
+        return weighted_reverse_conv(y, z, learned_kernel(), 2, w_low, w_high)
+
+    compiled = torch.compile(solve, fullgraph=True, backend="aot_eager")  # fullgraph: any graph break raises
+    torch.testing.assert_close(compiled(y, z, w_low, w_high), solve(y, z, w_low, w_high))
+
+
+def test_disabled_extension_falls_back_to_the_reference():
+    script = (
+        "import torch, torch_wrc\n"
+        "from wrc.ops.reverse_conv import weighted_reverse_conv, block_solve_reference\n"
+        "assert not torch_wrc.is_available(), 'WRC_DISABLE_EXTENSION=1 was ignored'\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "y, wl = torch.randn(1, 2, 3, 3, generator=g), torch.rand(1, 2, 3, 3, generator=g)\n"
+        "z, wh = torch.randn(1, 2, 6, 6, generator=g), torch.rand(1, 2, 6, 6, generator=g) + 0.1\n"
+        "k = torch.rand(2, 2, 2, generator=g)\n"
+        "assert torch.equal(weighted_reverse_conv(y, z, k, 2, wl, wh), block_solve_reference(y, z, k, wl, wh))\n"
+        "print('reference ok')\n"
+    )
+    env = {**os.environ, "WRC_DISABLE_EXTENSION": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "reference ok" in proc.stdout
+
+
+def test_compiled_wrc_upsampler_matches_eager():
+    up = create_upsampler("wrc", 16, 16).eval()
+    feats, image = torch.randn(1, 16, 3, 4), torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(up, backend="aot_eager")(feats, image), up(feats, image))

@@ -1,0 +1,33 @@
+// Argument checks shared by the CPU and CUDA entry points: clear messages naming the argument.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace wrc {
+
+inline void check_block_solve_args(const at::Tensor& y, const at::Tensor& z, const at::Tensor& kernel,
+                                   const at::Tensor& w_low, const at::Tensor& w_high) {
+  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
+              "wrc::block_solve supports float32 and float64 tensors; got y of dtype ", y.scalar_type(),
+              " (the Python wrapper upcasts half precision before calling the extension)");
+  for (const auto& t : {z, kernel, w_low, w_high})
+    TORCH_CHECK(t.scalar_type() == y.scalar_type(), "wrc::block_solve: every tensor must have y's dtype ",
+                y.scalar_type(), "; got ", t.scalar_type());
+  TORCH_CHECK(y.dim() == 4, "wrc::block_solve: y must be (B, C, h, w); got ", y.sizes());
+  TORCH_CHECK(kernel.dim() == 3 && kernel.size(0) == y.size(1) && kernel.size(1) == kernel.size(2),
+              "wrc::block_solve: kernel must be (C, s, s) with C = ", y.size(1), "; got ", kernel.sizes());
+  const int64_t s = kernel.size(1);
+  TORCH_CHECK(z.dim() == 4 && z.size(0) == y.size(0) && z.size(1) == y.size(1) && z.size(2) == y.size(2) * s &&
+                  z.size(3) == y.size(3) * s,
+              "wrc::block_solve: z must be (B, C, s h, s w) = (", y.size(0), ", ", y.size(1), ", ", y.size(2) * s,
+              ", ", y.size(3) * s, "); got ", z.sizes());
+  TORCH_CHECK(w_low.sizes() == y.sizes(), "wrc::block_solve: w_low must have y's shape ", y.sizes(), "; got ",
+              w_low.sizes());
+  TORCH_CHECK(w_high.sizes() == z.sizes(), "wrc::block_solve: w_high must have z's shape ", z.sizes(), "; got ",
+              w_high.sizes());
+  for (const auto& t : {y, z, kernel, w_low, w_high})
+    TORCH_CHECK(t.device() == y.device(), "wrc::block_solve: all tensors must be on ", y.device(), "; got ",
+                t.device());
+}
+
+}  // namespace wrc

@@ -1,0 +1,102 @@
+// CUDA kernels of wrc::block_solve and its backward: one thread per token block, on the current
+// stream, 64-bit indexing, float32 and float64.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../block_solve.h"
+#include "../checks.h"
+
+namespace wrc {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+__global__ void block_solve_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ z,
+                                   const scalar_t* __restrict__ kernel, const scalar_t* __restrict__ w_low,
+                                   const scalar_t* __restrict__ w_high, scalar_t* __restrict__ x, int64_t C,
+                                   int64_t h, int64_t w, int64_t s, int64_t total) {
+  const int64_t cell = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (cell >= total) return;
+  const int64_t plane = cell / (h * w), ij = cell % (h * w), i = ij / w, j = ij % w, c = plane % C;
+  const int64_t hr = plane * h * s * w * s;
+  block_forward(z + hr, w_high + hr, kernel + c * s * s, y[cell], w_low[cell], i, j, s, w * s, x + hr);
+}
+
+template <typename scalar_t>
+__global__ void block_solve_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ y,
+                                            const scalar_t* __restrict__ z, const scalar_t* __restrict__ kernel,
+                                            const scalar_t* __restrict__ w_low, const scalar_t* __restrict__ w_high,
+                                            scalar_t* __restrict__ grad_y, scalar_t* __restrict__ grad_z,
+                                            scalar_t* __restrict__ grad_wl, scalar_t* __restrict__ grad_wh,
+                                            scalar_t* __restrict__ partial, int64_t C, int64_t h, int64_t w,
+                                            int64_t s, int64_t total) {
+  const int64_t cell = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (cell >= total) return;
+  const int64_t plane = cell / (h * w), ij = cell % (h * w), i = ij / w, j = ij % w, c = plane % C;
+  const int64_t hr = plane * h * s * w * s;
+  scalar_t* kappa_grad = partial + cell * s * s;  // one s*s slot per block, summed afterwards (no atomics)
+  for (int64_t t = 0; t < s * s; ++t) kappa_grad[t] = scalar_t(0);
+  block_backward(grad + hr, z + hr, w_high + hr, kernel + c * s * s, y[cell], w_low[cell], i, j, s, w * s,
+                 grad_z + hr, grad_wh + hr, grad_y + cell, grad_wl + cell, kappa_grad);
+}
+
+unsigned int num_blocks(int64_t total) { return static_cast<unsigned int>((total + kThreads - 1) / kThreads); }
+
+at::Tensor block_solve_cuda(const at::Tensor& y_, const at::Tensor& z_, const at::Tensor& kernel_,
+                            const at::Tensor& w_low_, const at::Tensor& w_high_) {
+  check_block_solve_args(y_, z_, kernel_, w_low_, w_high_);
+  const c10::cuda::CUDAGuard guard(y_.device());
+  const auto y = y_.contiguous(), z = z_.contiguous(), kernel = kernel_.contiguous();
+  const auto w_low = w_low_.contiguous(), w_high = w_high_.contiguous();
+  auto x = at::empty_like(z);
+  const int64_t C = y.size(1), h = y.size(2), w = y.size(3), s = kernel.size(1), total = y.numel();
+  if (total == 0) return x;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "wrc::block_solve_cuda", [&] {
+    block_solve_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
+        y.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), w_low.data_ptr<scalar_t>(),
+        w_high.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), C, h, w, s, total);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return x;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> block_solve_backward_cuda(
+    const at::Tensor& grad_, const at::Tensor& y_, const at::Tensor& z_, const at::Tensor& kernel_,
+    const at::Tensor& w_low_, const at::Tensor& w_high_) {
+  check_block_solve_args(y_, z_, kernel_, w_low_, w_high_);
+  TORCH_CHECK(grad_.sizes() == z_.sizes(), "wrc::_block_solve_backward: grad must have z's shape");
+  const c10::cuda::CUDAGuard guard(y_.device());
+  const auto grad = grad_.contiguous(), y = y_.contiguous(), z = z_.contiguous(), kernel = kernel_.contiguous();
+  const auto w_low = w_low_.contiguous(), w_high = w_high_.contiguous();
+  auto grad_y = at::empty_like(y), grad_z = at::empty_like(z), grad_wl = at::empty_like(w_low);
+  auto grad_wh = at::empty_like(w_high);
+  const int64_t B = y.size(0), C = y.size(1), h = y.size(2), w = y.size(3), s = kernel.size(1), total = y.numel();
+  auto partial = at::empty({B, C, h, w, s, s}, y.options());
+  if (total > 0) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "wrc::block_solve_backward_cuda", [&] {
+      block_solve_backward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(),
+          w_low.data_ptr<scalar_t>(), w_high.data_ptr<scalar_t>(), grad_y.data_ptr<scalar_t>(),
+          grad_z.data_ptr<scalar_t>(), grad_wl.data_ptr<scalar_t>(), grad_wh.data_ptr<scalar_t>(),
+          partial.data_ptr<scalar_t>(), C, h, w, s, total);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  auto grad_kernel = partial.sum({0, 2, 3});  // C, s, s
+  return {grad_y, grad_z, grad_kernel, grad_wl, grad_wh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wrc, CUDA, m) {
+  m.impl("block_solve", &block_solve_cuda);
+  m.impl("_block_solve_backward", &block_solve_backward_cuda);
+}
+
+}  // namespace wrc

@@ -1,0 +1,20 @@
+// Operator schemas of the torch_wrc extension (namespace "wrc"), and the Python module stub that
+// lets `import torch_wrc._C` load this library. Kernels live in cpu/ and cuda/.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing torch_wrc._C runs the static TORCH_LIBRARY registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(wrc, m) {
+  // k == s weighted reverse convolution: y (B,C,h,w), z (B,C,sh,sw), kernel (C,s,s), w_low like y, w_high like z.
+  m.def("block_solve(Tensor y, Tensor z, Tensor kernel, Tensor w_low, Tensor w_high) -> Tensor");
+  m.def(
+      "_block_solve_backward(Tensor grad, Tensor y, Tensor z, Tensor kernel, Tensor w_low, Tensor w_high)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

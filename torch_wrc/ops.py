@@ -1,0 +1,36 @@
+"""Python-side registrations of the torch_wrc ops: fake (meta) kernels for torch.compile, and autograd."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.register_fake("wrc::block_solve")
+def _block_solve_fake(y, z, kernel, w_low, w_high):
+    s = kernel.shape[-1]
+    torch._check(z.shape == (y.shape[0], y.shape[1], y.shape[2] * s, y.shape[3] * s))
+    torch._check(w_low.shape == y.shape and w_high.shape == z.shape)
+    return torch.empty_like(z)
+
+
+@torch.library.register_fake("wrc::_block_solve_backward")
+def _block_solve_backward_fake(grad, y, z, kernel, w_low, w_high):
+    return (torch.empty_like(y), torch.empty_like(z), torch.empty_like(kernel), torch.empty_like(w_low),
+            torch.empty_like(w_high))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _block_solve_backward(ctx, grad):
+    return torch.ops.wrc._block_solve_backward(grad, *ctx.saved_tensors)
+
+
+torch.library.register_autograd("wrc::block_solve", _block_solve_backward, setup_context=_setup_context)
+
+
+def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
+                w_high: torch.Tensor) -> torch.Tensor:
+    """Fused k == s weighted reverse convolution; all tensors float32/float64, w_low like y, w_high like z."""
+    return torch.ops.wrc.block_solve(y, z, kernel, w_low, w_high)
