@@ -28,24 +28,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeat: int = 10) -> dict[str, float]:
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeat: int = 10,
+              grad: bool = False) -> dict[str, float]:
     """Median and spread of ``repeat`` timed calls after ``warmup`` untimed ones, in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
+    with torch.set_grad_enabled(grad):
+        for _ in range(warmup):
+            fn()
         synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append((time.perf_counter() - start) * 1e3)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process (Linux: since the last ``reset_peak_rss``), in MiB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak since start (KiB on Linux)
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Linux: make the peak-RSS counter (VmHWM) start again from the current RSS."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
 
 
 def git_commit() -> str:

@@ -1,0 +1,239 @@
+"""The WRC solve: fused torch_wrc kernels against the pure-PyTorch reference, iterations, and scaling.
+
+    python -m benchmarks.bench_wrc_ops [--device cuda] [--quick]
+
+1. extension vs reference (same run): the k == s block solve at the WRC layer's internal width
+   (208 channels for ViT-S/14) for 448 and 896 inputs (32x32 and 64x64 token grids), batch 1 and 8;
+   forward and forward+backward time, and peak extra memory (CUDA: max allocated; CPU: peak RSS of a
+   fresh subprocess above its inputs).
+2. iterations: spatially weighted k = 4 solve, relative error to the exact minimiser and time for
+   PCG iterations 0..N (0 = the closed-form one-step approximation).
+3. scaling: time and memory of the solve against output size (224 to 1792 input pixels) and channels,
+   with the fitted growth exponent.
+4. the whole WRC upsampler forward at 448, batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (
+    current_rss_mib,
+    environment,
+    peak_rss_mib,
+    reset_peak_rss,
+    time_call,
+    write_results,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WIDTH = 208  # fused width of the WRC network for C = 384 (wrc.layers.blocks.fused_width)
+
+
+def block_inputs(batch: int, channels: int, grid: int, device: torch.device, requires_grad: bool = False):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(batch, channels, grid, grid), (batch, channels, 2 * grid, 2 * grid), (channels, 2, 2),
+              (batch, channels, grid, grid), (batch, channels, 2 * grid, 2 * grid)]
+    tensors = [torch.randn(s, generator=g) for s in shapes]
+    tensors[2] = tensors[2].abs() + 0.1
+    tensors[3] = tensors[3].abs()
+    tensors[4] = tensors[4].abs() + 0.1
+    return [t.to(device).requires_grad_(requires_grad) for t in tensors]
+
+
+def solver(impl: str):
+    from wrc.ops.reverse_conv import block_solve_reference
+
+    return torch.ops.wrc.block_solve if impl == "extension" else block_solve_reference
+
+
+def call(impl: str, args: list[torch.Tensor], backward: bool) -> None:
+    """One solve (and its backward) on prepared inputs."""
+    out = solver(impl)(*args)
+    if backward:
+        out.backward(torch.ones_like(out))
+
+
+def timed(impl: str, batch: int, channels: int, grid: int, device: torch.device, backward: bool,
+          repeat: int) -> float:
+    """Median ms of one solve (+ backward); the inputs are made once, outside the timed calls."""
+    args = block_inputs(batch, channels, grid, device, requires_grad=backward)
+    return time_call(lambda: call(impl, args, backward), device, warmup=2, repeat=repeat, grad=backward)["median_ms"]
+
+
+def peak_memory_mib(impl: str, batch: int, channels: int, grid: int, device: torch.device, backward: bool) -> float:
+    """Extra memory at the peak of one call above its inputs."""
+    if device.type == "cuda":
+        args = block_inputs(batch, channels, grid, device, requires_grad=backward)
+        call(impl, args, backward)  # warm-up, as on the CPU
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        call(impl, args, backward)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    spec = json.dumps([impl, batch, channels, grid, backward])
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_wrc_ops", "--memory-worker", spec], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True,
+                          # a fixed mmap threshold: every large buffer is mapped, and unmapped when freed, so
+                          # peak RSS sees each allocation instead of heap pages recycled from the warm-up call
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_worker(spec: str) -> None:
+    impl, batch, channels, grid, backward = json.loads(spec)
+    import torch_wrc  # noqa: F401  (load the ops before measuring)
+
+    args = block_inputs(batch, channels, grid, torch.device("cpu"), requires_grad=backward)
+    call(impl, args, backward)  # warm-up: lazy library set-up and the .grad buffers are not the solve's cost
+    base = current_rss_mib()
+    reset_peak_rss()
+    call(impl, args, backward)
+    print(peak_rss_mib() - base)
+
+
+def bench_extension(device: torch.device, grids: list[int], batches: list[int], repeat: int) -> list[dict]:
+    rows = []
+    for batch in batches:
+        for grid in grids:
+            row = {"batch": batch, "channels": WIDTH, "grid": grid, "input_px": grid * 14}
+            for impl in ("reference", "extension"):
+                for mode, backward in (("forward", False), ("forward_backward", True)):
+                    row[f"{impl}_{mode}_ms"] = timed(impl, batch, WIDTH, grid, device, backward, repeat)
+                    row[f"{impl}_{mode}_peak_mib"] = peak_memory_mib(impl, batch, WIDTH, grid, device, backward)
+            for mode in ("forward", "forward_backward"):
+                row[f"speedup_{mode}"] = row[f"reference_{mode}_ms"] / row[f"extension_{mode}_ms"]
+                row[f"memory_ratio_{mode}"] = (row[f"extension_{mode}_peak_mib"]
+                                               / max(row[f"reference_{mode}_peak_mib"], 1e-9))
+            rows.append(row)
+    return rows
+
+
+def bench_iterations(device: torch.device, max_iterations: int) -> list[dict]:
+    from wrc.ops.reverse_conv import weighted_reverse_conv
+
+    g = torch.Generator().manual_seed(0)
+    b, c, h = 1, 64, 32
+    y, z = torch.randn(b, c, h, h, generator=g), torch.randn(b, c, 2 * h, 2 * h, generator=g)
+    kernel = torch.softmax(torch.randn(c, 16, generator=g), dim=-1).view(c, 4, 4)
+    w_low = torch.rand(b, c, h, h, generator=g) * 4
+    w_high = 0.05 + torch.rand(b, c, 2 * h, 2 * h, generator=g) * 4
+    args = [t.to(device) for t in (y, z, kernel, w_low, w_high)]
+    exact = weighted_reverse_conv(*args[:3], 2, *args[3:], iterations=500, tol=1e-7)
+    rows = []
+    for iterations in range(max_iterations + 1):
+        def fn(iterations=iterations):
+            return weighted_reverse_conv(*args[:3], 2, *args[3:], iterations=iterations, tol=1e-30)
+
+        out = fn()
+        error = ((out - exact).norm() / exact.norm()).item()
+        rows.append({"iterations": iterations, "relative_error": error,
+                     "ms": time_call(fn, device, warmup=1, repeat=5)["median_ms"]})
+    return rows
+
+
+def bench_scaling(device: torch.device, impl: str, quick: bool) -> dict:
+    sizes = [224, 448, 896] if quick else [224, 448, 896, 1792]
+    channels = [64, 208, 416] if quick else [64, 208, 416, 768]
+    by_size = []
+    for px in sizes:
+        grid = px // 14
+        ms = timed(impl, 1, WIDTH, grid, device, False, repeat=5)
+        by_size.append({"input_px": px, "output_cells": (2 * grid) ** 2, "ms": ms,
+                        "peak_mib": peak_memory_mib(impl, 1, WIDTH, grid, device, False)})
+    by_channels = []
+    for c in channels:
+        ms = timed(impl, 1, c, 32, device, False, repeat=5)
+        by_channels.append({"channels": c, "ms": ms, "peak_mib": peak_memory_mib(impl, 1, c, 32, device, False)})
+
+    def exponent(xs, ys):
+        lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+        mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+        return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+
+    return {"impl": impl, "by_size": by_size, "by_channels": by_channels,
+            "time_exponent_vs_output_cells": exponent([r["output_cells"] for r in by_size], [r["ms"] for r in by_size]),
+            "memory_exponent_vs_output_cells": exponent([r["output_cells"] for r in by_size],
+                                                        [max(r["peak_mib"], 1e-3) for r in by_size]),
+            "time_exponent_vs_channels": exponent([r["channels"] for r in by_channels],
+                                                  [r["ms"] for r in by_channels])}
+
+
+def bench_upsampler(device: torch.device) -> dict:
+    from wrc import create_upsampler
+
+    up = create_upsampler("wrc", 384, 14).to(device).eval()
+    feats, image = torch.randn(1, 384, 32, 32, device=device), torch.rand(1, 3, 448, 448, device=device)
+    return {"model": "wrc", "input_px": 448, "batch": 1,
+            "forward_ms": time_call(lambda: up(feats, image), device, warmup=3, repeat=20)["median_ms"]}
+
+
+def markdown(record: dict) -> str:
+    lines = ["## 1. Fused block solve (k = s = 2) vs the pure-PyTorch reference, 208 channels", "",
+             "Peak MiB: extra memory at the peak of one call above its inputs, after one warm-up call (CPU: peak RSS "
+             "of a fresh process; CUDA: max allocated).", "",
+             "| batch | input | grid | mode | reference ms | extension ms | speed-up | reference peak MiB | "
+             "extension peak MiB | memory ratio |",
+             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in record["extension_vs_reference"]:
+        for mode in ("forward", "forward_backward"):
+            lines.append(f"| {r['batch']} | {r['input_px']} | {r['grid']} | {mode} | "
+                         f"{r[f'reference_{mode}_ms']:.2f} | {r[f'extension_{mode}_ms']:.2f} | "
+                         f"{r[f'speedup_{mode}']:.2f}x | "
+                         f"{r[f'reference_{mode}_peak_mib']:.1f} | {r[f'extension_{mode}_peak_mib']:.1f} | "
+                         f"{r[f'memory_ratio_{mode}']:.2f} |")
+    lines += ["", "## 2. Spatial weights, k = 4: PCG iterations vs accuracy (64 channels, 32x32 -> 64x64)", "",
+              "| iterations | relative error to the exact minimiser | ms |", "| ---: | ---: | ---: |"]
+    lines += [f"| {r['iterations']} | {r['relative_error']:.2e} | {r['ms']:.2f} |" for r in record["iterations"]]
+    sc = record["scaling"]
+    lines += ["", f"## 3. Scaling of the {sc['impl']} block solve (batch 1)", "",
+              "| input px | output cells | ms | peak MiB |", "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['input_px']} | {r['output_cells']} | {r['ms']:.2f} | {r['peak_mib']:.1f} |" for r in sc["by_size"]]
+    lines += ["", "| channels (32x32 grid) | ms | peak MiB |", "| ---: | ---: | ---: |"]
+    lines += [f"| {r['channels']} | {r['ms']:.2f} | {r['peak_mib']:.1f} |" for r in sc["by_channels"]]
+    lines += ["", f"Growth exponents: time ~ cells^{sc['time_exponent_vs_output_cells']:.2f}, "
+              f"memory ~ cells^{sc['memory_exponent_vs_output_cells']:.2f}, "
+              f"time ~ channels^{sc['time_exponent_vs_channels']:.2f}.",
+              "", "## 4. Whole WRC upsampler (ViT-S/14, 384 channels), forward at 448, batch 1", "",
+              f"{record['upsampler']['forward_ms']:.2f} ms"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        return memory_worker(args.memory_worker)
+    import torch_wrc
+
+    if not torch_wrc.is_available():
+        raise SystemExit(f"torch_wrc is not available ({torch_wrc.unavailable_reason()}): build it first")
+    device = torch.device(args.device)
+    repeat = 5 if args.quick else 10
+    record = {
+        "environment": environment(device),
+        "extension_vs_reference": bench_extension(device, [32, 64], [1, 8], repeat),
+        "iterations": bench_iterations(device, 6 if args.quick else 10),
+        "scaling": bench_scaling(device, "extension", args.quick),
+        "upsampler": bench_upsampler(device),
+    }
+    text = markdown(record)
+    for path in write_results(f"wrc_ops_{device.type}", record, text):
+        print(path)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
