@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import environment, time_call, write_results
+from benchmarks.common import publish, time_call
 from wrc import FrozenBackbone, create_upsampler
 
 DEFAULT_MODELS = ["bilinear", "lift", "wrc", "converse2d", "wrc_tconv"]
@@ -54,10 +54,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['upsampler']} | {r['batch']} | {r['image_size']} | {r['grid'][0]}x{r['grid'][1]} | "
                      f"{r['median_ms']:.2f} | {r['vs_bilinear']:.1f} | {r['vs_backbone']:.2f} |")
-    record = {"environment": environment(device), "results": rows}
-    for path in write_results(f"inference_{device.type}", record, "\n".join(lines)):
-        print(path)
-    print("\n".join(lines))
+    publish(f"inference_{device.type}", device, rows, lines)
 
 
 if __name__ == "__main__":

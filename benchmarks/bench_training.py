@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import environment, peak_rss_mib, write_results
+from benchmarks.common import peak_rss_mib, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = json.loads((Path(__file__).parent / "configs" / "quickstart.json").read_text())
@@ -79,10 +79,7 @@ def main() -> None:
     for name, row in rows.items():
         lines.append(f"| {name} | {row['images_per_s']:.1f} | {row['peak_memory_mib']:.0f} | {row['memory_kind']} "
                      f"| {row['baseline_rss_mib']:.0f} |")
-    record = {"environment": environment(device), "results": rows}
-    for path in write_results(f"training_{device.type}", record, "\n".join(lines)):
-        print(path)
-    print("\n".join(lines))
+    publish(f"training_{device.type}", device, rows, lines)
 
 
 if __name__ == "__main__":

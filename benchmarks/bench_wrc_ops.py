@@ -27,11 +27,10 @@ import torch
 
 from benchmarks.common import (
     current_rss_mib,
-    environment,
     peak_rss_mib,
+    publish,
     reset_peak_rss,
     time_call,
-    write_results,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -177,14 +176,14 @@ def bench_upsampler(device: torch.device) -> dict:
             "forward_ms": time_call(lambda: up(feats, image), device, warmup=3, repeat=20)["median_ms"]}
 
 
-def markdown(record: dict) -> str:
+def markdown(results: dict) -> str:
     lines = ["## 1. Fused block solve (k = s = 2) vs the pure-PyTorch reference, 208 channels", "",
              "Peak MiB: extra memory at the peak of one call above its inputs, after one warm-up call (CPU: peak RSS "
              "of a fresh process; CUDA: max allocated).", "",
              "| batch | input | grid | mode | reference ms | extension ms | speed-up | reference peak MiB | "
              "extension peak MiB | memory ratio |",
              "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in record["extension_vs_reference"]:
+    for r in results["extension_vs_reference"]:
         for mode in ("forward", "forward_backward"):
             lines.append(f"| {r['batch']} | {r['input_px']} | {r['grid']} | {mode} | "
                          f"{r[f'reference_{mode}_ms']:.2f} | {r[f'extension_{mode}_ms']:.2f} | "
@@ -193,8 +192,8 @@ def markdown(record: dict) -> str:
                          f"{r[f'memory_ratio_{mode}']:.2f} |")
     lines += ["", "## 2. Spatial weights, k = 4: PCG iterations vs accuracy (64 channels, 32x32 -> 64x64)", "",
               "| iterations | relative error to the exact minimiser | ms |", "| ---: | ---: | ---: |"]
-    lines += [f"| {r['iterations']} | {r['relative_error']:.2e} | {r['ms']:.2f} |" for r in record["iterations"]]
-    sc = record["scaling"]
+    lines += [f"| {r['iterations']} | {r['relative_error']:.2e} | {r['ms']:.2f} |" for r in results["iterations"]]
+    sc = results["scaling"]
     lines += ["", f"## 3. Scaling of the {sc['impl']} block solve (batch 1)", "",
               "| input px | output cells | ms | peak MiB |", "| ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['input_px']} | {r['output_cells']} | {r['ms']:.2f} | {r['peak_mib']:.1f} |" for r in sc["by_size"]]
@@ -204,7 +203,7 @@ def markdown(record: dict) -> str:
               f"memory ~ cells^{sc['memory_exponent_vs_output_cells']:.2f}, "
               f"time ~ channels^{sc['time_exponent_vs_channels']:.2f}.",
               "", "## 4. Whole WRC upsampler (ViT-S/14, 384 channels), forward at 448, batch 1", "",
-              f"{record['upsampler']['forward_ms']:.2f} ms"]
+              f"{results['upsampler']['forward_ms']:.2f} ms"]
     return "\n".join(lines)
 
 
@@ -222,17 +221,13 @@ def main() -> None:
         raise SystemExit(f"torch_wrc is not available ({torch_wrc.unavailable_reason()}): build it first")
     device = torch.device(args.device)
     repeat = 5 if args.quick else 10
-    record = {
-        "environment": environment(device),
+    results = {
         "extension_vs_reference": bench_extension(device, [32, 64], [1, 8], repeat),
         "iterations": bench_iterations(device, 6 if args.quick else 10),
         "scaling": bench_scaling(device, "extension", args.quick),
         "upsampler": bench_upsampler(device),
     }
-    text = markdown(record)
-    for path in write_results(f"wrc_ops_{device.type}", record, text):
-        print(path)
-    print(text)
+    publish(f"wrc_ops_{device.type}", device, results, markdown(results).splitlines())
 
 
 if __name__ == "__main__":

@@ -95,3 +95,11 @@ def write_results(name: str, record: dict, table: str) -> tuple[Path, Path]:
               f"- commit: {env['commit']}\n- command: `{env['command']}`\n\n")
     md_path.write_text(header + table + "\n")
     return json_path, md_path
+
+
+def publish(name: str, device: torch.device, results: object, lines: list[str], **extra: object) -> None:
+    """Write ``results`` (with the environment) and the Markdown table, then print both paths and the table."""
+    record = {"environment": environment(device), **extra, "results": results}
+    for path in write_results(name, record, "\n".join(lines)):
+        print(path)
+    print("\n".join(lines))

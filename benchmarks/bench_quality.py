@@ -1,0 +1,84 @@
+"""Quality at equal training budget: fidelity of upsamplers trained with the same data, steps and seed.
+
+    python -m benchmarks.bench_quality [--steps 300] [--device cpu]
+
+Starts from the quickstart configuration (benchmarks/configs/quickstart.json: test_vit backbone,
+generated scenes, 224 px, wrc_multicrop) and changes one thing per row: the upsampling layer (WRC,
+Converse2D, transposed conv), the project's improvements over the original network (feature_skip
+off = the original's re-prediction of every feature), and the exact weighted solve of a k = 4
+kernel against its one-step approximation (iterations=0). Fidelity is measured on held-out scenes
+against the backbone on the 2x larger image (evaluation/eval_fidelity.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import publish
+from evaluation.eval_fidelity import fidelity, load_eval_images
+from wrc import create_upsampler
+
+QUICKSTART = json.loads((Path(__file__).parent / "configs" / "quickstart.json").read_text())
+WRC = QUICKSTART["model"]
+VARIANTS: dict[str, dict] = {
+    "wrc (k=2, exact block solve)": {"model": WRC},
+    "converse2d (scalar weights)": {"model": {"name": "converse2d", "image_channels": 32, "feature_skip": True}},
+    "wrc_tconv (transposed conv)": {"model": {"name": "wrc_tconv", "image_channels": 32, "feature_skip": True}},
+    "wrc, feature_skip=false (original re-prediction)": {"model": {**WRC, "feature_skip": False}},
+    "wrc k=4, exact (PCG, tol 1e-4)": {"model": {**WRC, "kernel_size": 4, "iterations": 20, "tol": 1.0e-4}},
+    "wrc k=4, iterations=0 (one-step approximation)": {"model": {**WRC, "kernel_size": 4, "iterations": 0}},
+}
+
+
+def train_variant(overrides: dict, steps: int, device: str) -> tuple[object, object, float]:
+    from wrc.training import train
+
+    config = copy.deepcopy(QUICKSTART)
+    config.update(copy.deepcopy(overrides))
+    config["device"] = device
+    config["train"].update(max_steps=steps, log_every=max(1, steps // 10), ckpt_every=10**9)
+    with tempfile.TemporaryDirectory() as tmp:
+        config["run_dir"] = str(Path(tmp) / "run")
+        start = time.perf_counter()
+        result = train(config)
+        return result.backbone, result.upsampler.eval(), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=QUICKSTART["train"]["max_steps"])
+    parser.add_argument("--num-images", type=int, default=16)
+    args = parser.parse_args()
+    images = load_eval_images(None, args.num_images, QUICKSTART["data"]["image_size"])
+    rows = {}
+    backbone = None
+    for name, overrides in VARIANTS.items():
+        backbone, upsampler, seconds = train_variant(overrides, args.steps, args.device)
+        scores = fidelity(backbone, {name: upsampler}, images, scale=2)[name]
+        rows[name] = {**scores, "train_seconds": seconds,
+                      "parameters": sum(p.numel() for p in upsampler.parameters())}
+        print(name, rows[name], flush=True)
+    bilinear = create_upsampler("bilinear", backbone.embed_dim, backbone.patch_size)
+    rows = {"bilinear (no training)": {**fidelity(backbone, {"bilinear": bilinear}, images, 2)["bilinear"],
+                                       "train_seconds": 0.0, "parameters": 0}, **rows}
+    lines = [f"Quickstart setting (test_vit, generated scenes, 224 px, wrc_multicrop), {args.steps} steps each, "
+             f"same seed; fidelity on {len(images)} held-out scenes against the backbone at 2x.", "",
+             "| upsampler | cosine (higher is better) | relative L2 (lower is better) | parameters | train s |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['cosine']:.4f} | {r['rel_l2']:.4f} | {r['parameters']:,} | "
+                     f"{r['train_seconds']:.0f} |")
+    device = torch.device(args.device)
+    publish(f"quality_{device.type}", device, rows, lines, steps=args.steps)
+
+
+if __name__ == "__main__":
+    main()
