@@ -34,3 +34,27 @@ def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: t
                 w_high: torch.Tensor) -> torch.Tensor:
     """Fused k == s weighted reverse convolution; all tensors float32/float64, w_low like y, w_high like z."""
     return torch.ops.wrc.block_solve(y, z, kernel, w_low, w_high)
+
+
+@torch.library.register_fake("wrc::lr_spectral_solve")
+def _lr_spectral_solve_fake(t, eig, lam, alpha):
+    torch._check(eig.shape == (t.shape[1], t.shape[2], t.shape[3] // 2 + 1))
+    torch._check(lam.shape == t.shape[:2] and alpha.shape == t.shape[:2])
+    return torch.empty_like(t)
+
+
+@torch.library.register_fake("wrc::_lr_spectral_solve_backward")
+def _lr_spectral_solve_backward_fake(grad, t, eig, lam, alpha):
+    return torch.empty_like(t), torch.empty_like(eig), torch.empty_like(lam), torch.empty_like(alpha)
+
+
+def _lr_spectral_solve_backward(ctx, grad):
+    return torch.ops.wrc._lr_spectral_solve_backward(grad, *ctx.saved_tensors)
+
+
+torch.library.register_autograd("wrc::lr_spectral_solve", _lr_spectral_solve_backward, setup_context=_setup_context)
+
+
+def lr_spectral_solve(t: torch.Tensor, eig: torch.Tensor, lam: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Fused irfft2(lam / (lam * eig + alpha) * rfft2(t)); t (B, C, h, w), eig (C, h, w // 2 + 1), lam/alpha (B, C)."""
+    return torch.ops.wrc.lr_spectral_solve(t, eig, lam, alpha)

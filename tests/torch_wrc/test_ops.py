@@ -110,3 +110,81 @@ def test_compiled_wrc_upsampler_matches_eager():
     feats, image = torch.randn(1, 16, 3, 4), torch.rand(1, 3, 48, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(up, backend="aot_eager")(feats, image), up(feats, image))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# wrc::lr_spectral_solve: the LR-spectrum step of the closed form
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def spectral_problem(device, dtype, b=2, c=3, h=5, w=6, seed=0):
+    from wrc.ops.reverse_conv import lr_eigenvalues
+
+    g = torch.Generator().manual_seed(seed)
+    kernel = torch.rand(c, 4, 4, generator=g, dtype=torch.float64) + 0.1
+    eig = lr_eigenvalues(kernel / kernel.sum(dim=(-2, -1), keepdim=True), 2, h, w)
+    lam = torch.rand(b, c, generator=g, dtype=torch.float64) * 3
+    alpha = torch.rand(b, c, generator=g, dtype=torch.float64) + 0.1
+    tensors = [torch.randn(b, c, h, w, generator=g, dtype=torch.float64), eig, lam, alpha]
+    return [t.to(device=device, dtype=dtype) for t in tensors]
+
+
+def spectral_reference(t, eig, lam, alpha):
+    from wrc.ops.reverse_conv import lr_inverse_reference
+
+    return lr_inverse_reference(t, eig, lam[..., None, None], alpha[..., None, None])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [6, 7])  # even and odd widths: the self-conjugate columns differ
+def test_spectral_opcheck(device, dtype, width):
+    args = [a.requires_grad_() for a in spectral_problem(device, dtype, w=width)]
+    torch.library.opcheck(torch.ops.wrc.lr_spectral_solve.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("width", [6, 7])
+def test_spectral_parity_with_the_reference_fp32(device, width):
+    args = spectral_problem(device, torch.float32, w=width)
+    torch.testing.assert_close(torch.ops.wrc.lr_spectral_solve(*args), spectral_reference(*args), rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(args[0])
+    leaves_f = [a.clone().requires_grad_() for a in args]
+    leaves_r = [a.clone().requires_grad_() for a in args]
+    (torch.ops.wrc.lr_spectral_solve(*leaves_f) * grad).sum().backward()
+    (spectral_reference(*leaves_r) * grad).sum().backward()
+    for f, r in zip(leaves_f, leaves_r, strict=True):
+        torch.testing.assert_close(f.grad, r.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("width", [4, 5])
+def test_spectral_gradcheck_float64(device, width):
+    args = [a.requires_grad_() for a in spectral_problem(device, torch.float64, b=1, c=2, h=3, w=width)]
+    assert torch.autograd.gradcheck(torch.ops.wrc.lr_spectral_solve, args)
+
+
+def test_spectral_bad_input():
+    t, eig, lam, alpha = spectral_problem("cpu", torch.float32)
+    with pytest.raises(RuntimeError, match="supports float32 and float64 tensors; got t of dtype Half"):
+        torch.ops.wrc.lr_spectral_solve(t.half(), eig.half(), lam.half(), alpha.half())
+    with pytest.raises(RuntimeError, match=r"eig must be \(C, h, w // 2 \+ 1\)"):
+        torch.ops.wrc.lr_spectral_solve(t, eig[..., :-1], lam, alpha)
+
+
+def test_closed_form_uses_the_fused_step():
+    """reverse_conv through the extension equals the reference path (which the dense-solve tests pin down)."""
+    from wrc.ops import reverse_conv as rc
+
+    g = torch.Generator().manual_seed(0)
+    y, z = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64), torch.randn(2, 3, 10, 12, generator=g,
+                                                                                  dtype=torch.float64)
+    kernel = torch.rand(3, 4, 4, generator=g, dtype=torch.float64)
+    lam, alpha = torch.rand(2, 3, generator=g, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.2
+    fused = rc.reverse_conv(y, z, kernel, 2, lam, alpha, padding=1)
+    original, rc.lr_inverse = rc.lr_inverse, rc.lr_inverse_reference
+    try:
+        reference = rc.reverse_conv(y, z, kernel, 2, lam, alpha, padding=1)
+    finally:
+        rc.lr_inverse = original
+    torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)

@@ -30,4 +30,24 @@ inline void check_block_solve_args(const at::Tensor& y, const at::Tensor& z, con
                 t.device());
 }
 
+inline void check_spectral_args(const at::Tensor& t, const at::Tensor& eig, const at::Tensor& lam,
+                                const at::Tensor& alpha) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "wrc::lr_spectral_solve supports float32 and float64 tensors; got t of dtype ", t.scalar_type());
+  for (const auto& x : {eig, lam, alpha})
+    TORCH_CHECK(x.scalar_type() == t.scalar_type(), "wrc::lr_spectral_solve: every tensor must have t's dtype ",
+                t.scalar_type(), "; got ", x.scalar_type());
+  TORCH_CHECK(t.dim() == 4, "wrc::lr_spectral_solve: t must be (B, C, h, w); got ", t.sizes());
+  const int64_t B = t.size(0), C = t.size(1), h = t.size(2), w = t.size(3);
+  TORCH_CHECK(eig.dim() == 3 && eig.size(0) == C && eig.size(1) == h && eig.size(2) == w / 2 + 1,
+              "wrc::lr_spectral_solve: eig must be (C, h, w // 2 + 1) = (", C, ", ", h, ", ", w / 2 + 1, "); got ",
+              eig.sizes());
+  TORCH_CHECK(lam.dim() == 2 && lam.size(0) == B && lam.size(1) == C, "wrc::lr_spectral_solve: lam must be (B, C) = (",
+              B, ", ", C, "); got ", lam.sizes());
+  TORCH_CHECK(alpha.sizes() == lam.sizes(), "wrc::lr_spectral_solve: alpha must be (B, C) like lam; got ",
+              alpha.sizes());
+  for (const auto& x : {eig, lam, alpha})
+    TORCH_CHECK(x.device() == t.device(), "wrc::lr_spectral_solve: all tensors must be on ", t.device());
+}
+
 }  // namespace wrc

@@ -17,4 +17,10 @@ TORCH_LIBRARY(wrc, m) {
   m.def(
       "_block_solve_backward(Tensor grad, Tensor y, Tensor z, Tensor kernel, Tensor w_low, Tensor w_high)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Closed-form LR step: irfft2(lam / (lam * eig + alpha) * rfft2(t)); t (B,C,h,w), eig (C,h,w//2+1),
+  // lam and alpha (B,C).
+  m.def("lr_spectral_solve(Tensor t, Tensor eig, Tensor lam, Tensor alpha) -> Tensor");
+  m.def(
+      "_lr_spectral_solve_backward(Tensor grad, Tensor t, Tensor eig, Tensor lam, Tensor alpha)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -23,9 +23,9 @@ Three solvers:
     evaluated with LR-sized FFTs (see the note above ``lr_eigenvalues``).
 (b) ``weighted_reverse_conv`` with k = s: the weighted problem decouples into independent blocks,
     solved in closed form (Sherman-Morrison), exact, O(N).
-(c) ``weighted_reverse_conv`` with k > s: preconditioned conjugate gradients, preconditioned by the
-    closed form (a) on the system diagonally scaled by wH (exact for constant weights); gradients are those of the exact minimiser (implicit
-    differentiation: one more solve with the same symmetric operator).
+(c) ``weighted_reverse_conv`` with k > s: conjugate gradients, preconditioned by the closed form (a)
+    on the system diagonally scaled by wH (exact for constant weights); gradients are those of the
+    exact minimiser (implicit differentiation: one more solve with the same symmetric operator).
 """
 
 from __future__ import annotations
@@ -143,7 +143,21 @@ def lr_eigenvalues(kernel: torch.Tensor, scale: int, h: int, w: int) -> torch.Te
 
 
 def lr_inverse(t: torch.Tensor, eigenvalues: torch.Tensor, lam: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """lam (lam A A^T + alpha)^-1 t for LR maps t, diagonal in the LR Fourier basis."""
+    """lam (lam A A^T + alpha)^-1 t for LR maps t, diagonal in the LR Fourier basis (fused when available).
+
+    lam and alpha are per (batch, channel), shaped (B|1, C|1, 1, 1).
+    """
+    if t.dtype in _EXTENSION_DTYPES and extension_enabled(t.device):
+        b, c = t.shape[:2]
+        per_plane = lambda v: v.to(t.dtype).expand(b, c, 1, 1).reshape(b, c).contiguous()  # noqa: E731
+        return torch.ops.wrc.lr_spectral_solve(t.contiguous(), eigenvalues.to(t.dtype).contiguous(),
+                                               per_plane(lam), per_plane(alpha))
+    return lr_inverse_reference(t, eigenvalues, lam, alpha)
+
+
+def lr_inverse_reference(t: torch.Tensor, eigenvalues: torch.Tensor, lam: torch.Tensor,
+                         alpha: torch.Tensor) -> torch.Tensor:
+    """Pure-PyTorch ``lr_inverse``."""
     spectrum = torch.fft.rfft2(t) * (lam / (lam * eigenvalues + alpha))
     return torch.fft.irfft2(spectrum, s=t.shape[-2:])
 
