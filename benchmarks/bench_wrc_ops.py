@@ -2,10 +2,10 @@
 
     python -m benchmarks.bench_wrc_ops [--device cuda] [--quick]
 
-1. extension vs reference (same run): the k == s block solve at the WRC layer's internal width
-   (208 channels for ViT-S/14) for 448 and 896 inputs (32x32 and 64x64 token grids), batch 1 and 8;
-   forward and forward+backward time, and peak extra memory (CUDA: max allocated; CPU: peak RSS of a
-   fresh subprocess above its inputs).
+1. extension vs reference (same run): the k == s block solve (WRC) and the scalar-weight closed form
+   (Converse2D) at the WRC layer's internal width (208 channels for ViT-S/14) for 448 and 896 inputs
+   (32x32 and 64x64 token grids), batch 1 and 8; forward and forward+backward time, and peak extra
+   memory (CUDA: max allocated; CPU: peak RSS of a fresh subprocess above its inputs).
 2. iterations: spatially weighted k = 4 solve, relative error to the exact minimiser and time for
    PCG iterations 0..N (0 = the closed-form one-step approximation).
 3. scaling: time and memory of the solve against output size (224 to 1792 input pixels) and channels,
@@ -48,38 +48,70 @@ def block_inputs(batch: int, channels: int, grid: int, device: torch.device, req
     return [t.to(device).requires_grad_(requires_grad) for t in tensors]
 
 
+def closed_form_inputs(batch: int, channels: int, grid: int, device: torch.device, requires_grad: bool = False):
+    y, z, kernel, _, _ = block_inputs(batch, channels, grid, device)
+    g = torch.Generator().manual_seed(1)
+    lam, alpha = torch.rand(batch, channels, generator=g), torch.rand(batch, channels, generator=g) + 0.1
+    return [t.to(device).detach().requires_grad_(requires_grad) for t in (y, z, kernel, lam, alpha)]
+
+
 def solver(impl: str):
+    """The k == s weighted solve: the fused op, or the pure-PyTorch reference."""
     from wrc.ops.reverse_conv import block_solve_reference
 
     return torch.ops.wrc.block_solve if impl == "extension" else block_solve_reference
 
 
-def call(impl: str, args: list[torch.Tensor], backward: bool) -> None:
+def closed_form_solver(impl: str):
+    """Converse2D's scalar-weight closed form (k = 2, padding 2) with the fused or the reference LR step."""
+    from wrc.ops import reverse_conv as rc
+
+    def solve(y, z, kernel, lam, alpha):
+        original = rc.lr_inverse
+        if impl == "reference":
+            rc.lr_inverse = rc.lr_inverse_reference
+        try:
+            return rc.reverse_conv(y, z, kernel, 2, lam, alpha, padding=2)
+        finally:
+            rc.lr_inverse = original
+
+    return solve
+
+
+OPS = {  # name: (inputs, solver by implementation)
+    "block_solve": (block_inputs, solver),
+    "closed_form": (closed_form_inputs, closed_form_solver),
+}
+
+
+def call(op: str, impl: str, args: list[torch.Tensor], backward: bool) -> None:
     """One solve (and its backward) on prepared inputs."""
-    out = solver(impl)(*args)
+    out = OPS[op][1](impl)(*args)
     if backward:
         out.backward(torch.ones_like(out))
 
 
-def timed(impl: str, batch: int, channels: int, grid: int, device: torch.device, backward: bool,
+def timed(op: str, impl: str, batch: int, channels: int, grid: int, device: torch.device, backward: bool,
           repeat: int) -> float:
     """Median ms of one solve (+ backward); the inputs are made once, outside the timed calls."""
-    args = block_inputs(batch, channels, grid, device, requires_grad=backward)
-    return time_call(lambda: call(impl, args, backward), device, warmup=2, repeat=repeat, grad=backward)["median_ms"]
+    args = OPS[op][0](batch, channels, grid, device, requires_grad=backward)
+    fn = lambda: call(op, impl, args, backward)  # noqa: E731
+    return time_call(fn, device, warmup=2, repeat=repeat, grad=backward)["median_ms"]
 
 
-def peak_memory_mib(impl: str, batch: int, channels: int, grid: int, device: torch.device, backward: bool) -> float:
+def peak_memory_mib(op: str, impl: str, batch: int, channels: int, grid: int, device: torch.device,
+                    backward: bool) -> float:
     """Extra memory at the peak of one call above its inputs."""
     if device.type == "cuda":
-        args = block_inputs(batch, channels, grid, device, requires_grad=backward)
-        call(impl, args, backward)  # warm-up, as on the CPU
+        args = OPS[op][0](batch, channels, grid, device, requires_grad=backward)
+        call(op, impl, args, backward)  # warm-up, as on the CPU
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        call(impl, args, backward)
+        call(op, impl, args, backward)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    spec = json.dumps([impl, batch, channels, grid, backward])
+    spec = json.dumps([op, impl, batch, channels, grid, backward])
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_wrc_ops", "--memory-worker", spec], cwd=REPO_ROOT,
                           capture_output=True, text=True, check=True,
                           # a fixed mmap threshold: every large buffer is mapped, and unmapped when freed, so
@@ -89,26 +121,26 @@ def peak_memory_mib(impl: str, batch: int, channels: int, grid: int, device: tor
 
 
 def memory_worker(spec: str) -> None:
-    impl, batch, channels, grid, backward = json.loads(spec)
+    op, impl, batch, channels, grid, backward = json.loads(spec)
     import torch_wrc  # noqa: F401  (load the ops before measuring)
 
-    args = block_inputs(batch, channels, grid, torch.device("cpu"), requires_grad=backward)
-    call(impl, args, backward)  # warm-up: lazy library set-up and the .grad buffers are not the solve's cost
+    args = OPS[op][0](batch, channels, grid, torch.device("cpu"), requires_grad=backward)
+    call(op, impl, args, backward)  # warm-up: lazy library set-up and the .grad buffers are not the solve's cost
     base = current_rss_mib()
     reset_peak_rss()
-    call(impl, args, backward)
+    call(op, impl, args, backward)
     print(peak_rss_mib() - base)
 
 
-def bench_extension(device: torch.device, grids: list[int], batches: list[int], repeat: int) -> list[dict]:
+def bench_extension(op: str, device: torch.device, grids: list[int], batches: list[int], repeat: int) -> list[dict]:
     rows = []
     for batch in batches:
         for grid in grids:
-            row = {"batch": batch, "channels": WIDTH, "grid": grid, "input_px": grid * 14}
+            row = {"op": op, "batch": batch, "channels": WIDTH, "grid": grid, "input_px": grid * 14}
             for impl in ("reference", "extension"):
                 for mode, backward in (("forward", False), ("forward_backward", True)):
-                    row[f"{impl}_{mode}_ms"] = timed(impl, batch, WIDTH, grid, device, backward, repeat)
-                    row[f"{impl}_{mode}_peak_mib"] = peak_memory_mib(impl, batch, WIDTH, grid, device, backward)
+                    row[f"{impl}_{mode}_ms"] = timed(op, impl, batch, WIDTH, grid, device, backward, repeat)
+                    row[f"{impl}_{mode}_peak_mib"] = peak_memory_mib(op, impl, batch, WIDTH, grid, device, backward)
             for mode in ("forward", "forward_backward"):
                 row[f"speedup_{mode}"] = row[f"reference_{mode}_ms"] / row[f"extension_{mode}_ms"]
                 row[f"memory_ratio_{mode}"] = (row[f"extension_{mode}_peak_mib"]
@@ -146,13 +178,14 @@ def bench_scaling(device: torch.device, impl: str, quick: bool) -> dict:
     by_size = []
     for px in sizes:
         grid = px // 14
-        ms = timed(impl, 1, WIDTH, grid, device, False, repeat=5)
+        ms = timed("block_solve", impl, 1, WIDTH, grid, device, False, repeat=5)
         by_size.append({"input_px": px, "output_cells": (2 * grid) ** 2, "ms": ms,
-                        "peak_mib": peak_memory_mib(impl, 1, WIDTH, grid, device, False)})
+                        "peak_mib": peak_memory_mib("block_solve", impl, 1, WIDTH, grid, device, False)})
     by_channels = []
     for c in channels:
-        ms = timed(impl, 1, c, 32, device, False, repeat=5)
-        by_channels.append({"channels": c, "ms": ms, "peak_mib": peak_memory_mib(impl, 1, c, 32, device, False)})
+        ms = timed("block_solve", impl, 1, c, 32, device, False, repeat=5)
+        by_channels.append({"channels": c, "ms": ms,
+                            "peak_mib": peak_memory_mib("block_solve", impl, 1, c, 32, device, False)})
 
     def exponent(xs, ys):
         lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
@@ -177,15 +210,17 @@ def bench_upsampler(device: torch.device) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["## 1. Fused block solve (k = s = 2) vs the pure-PyTorch reference, 208 channels", "",
+    lines = ["## 1. Fused kernels vs the pure-PyTorch reference, 208 channels (the WRC layer's width for ViT-S)", "",
+             "block_solve: the weighted k = s = 2 solve (WRC's default). closed_form: Converse2D's scalar-weight "
+             "solve (k = 2, 2 cells of padding), whose LR-spectrum step is fused.", "",
              "Peak MiB: extra memory at the peak of one call above its inputs, after one warm-up call (CPU: peak RSS "
              "of a fresh process; CUDA: max allocated).", "",
-             "| batch | input | grid | mode | reference ms | extension ms | speed-up | reference peak MiB | "
+             "| op | batch | input | grid | mode | reference ms | extension ms | speed-up | reference peak MiB | "
              "extension peak MiB | memory ratio |",
-             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["extension_vs_reference"]:
         for mode in ("forward", "forward_backward"):
-            lines.append(f"| {r['batch']} | {r['input_px']} | {r['grid']} | {mode} | "
+            lines.append(f"| {r['op']} | {r['batch']} | {r['input_px']} | {r['grid']} | {mode} | "
                          f"{r[f'reference_{mode}_ms']:.2f} | {r[f'extension_{mode}_ms']:.2f} | "
                          f"{r[f'speedup_{mode}']:.2f}x | "
                          f"{r[f'reference_{mode}_peak_mib']:.1f} | {r[f'extension_{mode}_peak_mib']:.1f} | "
@@ -222,7 +257,8 @@ def main() -> None:
     device = torch.device(args.device)
     repeat = 5 if args.quick else 10
     results = {
-        "extension_vs_reference": bench_extension(device, [32, 64], [1, 8], repeat),
+        "extension_vs_reference": bench_extension("block_solve", device, [32, 64], [1, 8], repeat)
+        + bench_extension("closed_form", device, [32, 64], [1, 8], repeat),
         "iterations": bench_iterations(device, 6 if args.quick else 10),
         "scaling": bench_scaling(device, "extension", args.quick),
         "upsampler": bench_upsampler(device),
