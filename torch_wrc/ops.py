@@ -58,3 +58,43 @@ torch.library.register_autograd("wrc::lr_spectral_solve", _lr_spectral_solve_bac
 def lr_spectral_solve(t: torch.Tensor, eig: torch.Tensor, lam: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Fused irfft2(lam / (lam * eig + alpha) * rfft2(t)); t (B, C, h, w), eig (C, h, w // 2 + 1), lam/alpha (B, C)."""
     return torch.ops.wrc.lr_spectral_solve(t, eig, lam, alpha)
+
+
+@torch.library.register_fake("wrc::decimate")
+def _decimate_fake(x, kernel, scale):
+    torch._check(x.shape[-2] % scale == 0 and x.shape[-1] % scale == 0)
+    return x.new_empty(x.shape[0], x.shape[1], x.shape[2] // scale, x.shape[3] // scale)
+
+
+@torch.library.register_fake("wrc::decimate_adjoint")
+def _decimate_adjoint_fake(y, kernel, scale):
+    return y.new_empty(y.shape[0], y.shape[1], y.shape[2] * scale, y.shape[3] * scale)
+
+
+@torch.library.register_fake("wrc::_decimate_kernel_grad")
+def _decimate_kernel_grad_fake(y, x, kernel, scale):
+    return torch.empty_like(kernel)
+
+
+def _save_tensors_and_scale(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.scale = inputs[2]
+
+
+def _decimate_backward(ctx, grad):
+    x, kernel = ctx.saved_tensors
+    grad_x = torch.ops.wrc.decimate_adjoint(grad, kernel, ctx.scale) if ctx.needs_input_grad[0] else None
+    grad_k = torch.ops.wrc._decimate_kernel_grad(grad, x, kernel, ctx.scale) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_k, None
+
+
+def _decimate_adjoint_backward(ctx, grad):
+    y, kernel = ctx.saved_tensors
+    grad_y = torch.ops.wrc.decimate(grad, kernel, ctx.scale) if ctx.needs_input_grad[0] else None
+    grad_k = torch.ops.wrc._decimate_kernel_grad(y, grad, kernel, ctx.scale) if ctx.needs_input_grad[1] else None
+    return grad_y, grad_k, None
+
+
+torch.library.register_autograd("wrc::decimate", _decimate_backward, setup_context=_save_tensors_and_scale)
+torch.library.register_autograd("wrc::decimate_adjoint", _decimate_adjoint_backward,
+                                setup_context=_save_tensors_and_scale)

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wrc.ops.reverse_conv import apply_A, apply_At, energy, reverse_conv, weighted_reverse_conv
+from wrc.ops.reverse_conv import (
+    apply_A,
+    apply_A_reference,
+    apply_At,
+    apply_At_reference,
+    energy,
+    reverse_conv,
+    weighted_reverse_conv,
+)
 
 DT = torch.float64
 
@@ -62,11 +70,14 @@ GEOMETRIES = [(2, 2), (2, 3), (2, 4), (2, 5), (3, 3), (3, 5), (3, 4)]  # (scale,
 
 
 @pytest.mark.parametrize("scale, k", GEOMETRIES)
-def test_forward_model_matches_the_dense_matrix(scale, k):
+@pytest.mark.parametrize("implementation", ["dispatched", "reference"])  # dispatched: torch_wrc when built
+def test_forward_model_matches_the_dense_matrix(scale, k, implementation):
+    forward, adjoint = (apply_A, apply_At) if implementation == "dispatched" else (apply_A_reference,
+                                                                                   apply_At_reference)
     y, z, kernel, _, _ = problem(scale, k)
     a = dense_A(kernel[0], scale, 4, 5)
-    torch.testing.assert_close(apply_A(z, kernel, scale)[0, 0].flatten(), a @ z[0, 0].flatten())
-    torch.testing.assert_close(apply_At(y, kernel, scale)[0, 0].flatten(), a.T @ y[0, 0].flatten())
+    torch.testing.assert_close(forward(z, kernel, scale)[0, 0].flatten(), a @ z[0, 0].flatten())
+    torch.testing.assert_close(adjoint(y, kernel, scale)[0, 0].flatten(), a.T @ y[0, 0].flatten())
 
 
 @pytest.mark.parametrize("scale, k", GEOMETRIES)

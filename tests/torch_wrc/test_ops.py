@@ -188,3 +188,53 @@ def test_closed_form_uses_the_fused_step():
     finally:
         rc.lr_inverse = original
     torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# wrc::decimate / wrc::decimate_adjoint: the forward model A and its adjoint
+# ----------------------------------------------------------------------------------------------------------------
+
+DECIMATE_GEOMETRIES = [(2, 2), (2, 3), (2, 4), (3, 5)]  # (scale, kernel size)
+
+
+def decimate_problem(device, dtype, scale, k, b=2, c=3, h=4, w=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(b, c, h * scale, w * scale, generator=g), torch.randn(b, c, h, w, generator=g),
+               torch.rand(c, k, k, generator=g)]
+    return [t.to(device=device, dtype=dtype) for t in tensors]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
+def test_decimate_opcheck(device, scale, k):
+    x, y, kernel = decimate_problem(device, torch.float64, scale, k)
+    torch.library.opcheck(torch.ops.wrc.decimate.default, (x.requires_grad_(), kernel.requires_grad_(), scale))
+    torch.library.opcheck(torch.ops.wrc.decimate_adjoint.default, (y.requires_grad_(), kernel, scale))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
+def test_decimate_parity_with_the_reference_fp32(device, scale, k):
+    from wrc.ops.reverse_conv import apply_A_reference, apply_At_reference
+
+    x, y, kernel = decimate_problem(device, torch.float32, scale, k)
+    torch.testing.assert_close(torch.ops.wrc.decimate(x, kernel, scale), apply_A_reference(x, kernel, scale),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.ops.wrc.decimate_adjoint(y, kernel, scale), apply_At_reference(y, kernel, scale),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
+def test_decimate_gradcheck_float64(device, scale, k):
+    x, y, kernel = (t.requires_grad_() for t in decimate_problem(device, torch.float64, scale, k, b=1, c=2, h=3, w=3))
+    assert torch.autograd.gradcheck(lambda a, kk: torch.ops.wrc.decimate(a, kk, scale), (x, kernel))
+    assert torch.autograd.gradcheck(lambda a, kk: torch.ops.wrc.decimate_adjoint(a, kk, scale), (y, kernel))
+
+
+def test_decimate_bad_input():
+    x, y, kernel = decimate_problem("cpu", torch.float32, 2, 4)
+    with pytest.raises(RuntimeError, match=r"kernel must be \(C, k, k\) with k >= scale = 3"):
+        torch.ops.wrc.decimate_adjoint(y, kernel[:, :2, :2], 3)
+    with pytest.raises(RuntimeError, match="supports float32 and float64 tensors"):
+        torch.ops.wrc.decimate(x.half(), kernel.half(), 2)

@@ -50,4 +50,23 @@ inline void check_spectral_args(const at::Tensor& t, const at::Tensor& eig, cons
     TORCH_CHECK(x.device() == t.device(), "wrc::lr_spectral_solve: all tensors must be on ", t.device());
 }
 
+// Checks (lr, hr, kernel) of the decimation ops; hr must be (B, C, s h, s w) for lr (B, C, h, w).
+inline void check_decimate_args(const char* op, const at::Tensor& lr, const at::Tensor& hr, const at::Tensor& kernel,
+                                int64_t scale) {
+  TORCH_CHECK(hr.scalar_type() == at::kFloat || hr.scalar_type() == at::kDouble, op,
+              " supports float32 and float64 tensors; got dtype ", hr.scalar_type());
+  TORCH_CHECK(kernel.scalar_type() == hr.scalar_type() && lr.scalar_type() == hr.scalar_type(), op,
+              ": every tensor must have the same dtype");
+  TORCH_CHECK(scale >= 1, op, ": scale must be >= 1; got ", scale);
+  TORCH_CHECK(kernel.dim() == 3 && kernel.size(1) == kernel.size(2) && kernel.size(1) >= scale, op,
+              ": kernel must be (C, k, k) with k >= scale = ", scale, "; got ", kernel.sizes());
+  TORCH_CHECK(lr.dim() == 4 && hr.dim() == 4 && lr.size(0) == hr.size(0) && lr.size(1) == hr.size(1) &&
+                  kernel.size(0) == lr.size(1) && hr.size(2) == lr.size(2) * scale && hr.size(3) == lr.size(3) * scale,
+              op, ": expected LR (B, C, h, w), HR (B, C, s h, s w) and kernel (C, k, k); got ", lr.sizes(), ", ",
+              hr.sizes(), ", ", kernel.sizes());
+  TORCH_CHECK(kernel.size(1) - scale <= 2 * std::min(hr.size(2), hr.size(3)), op,
+              ": the kernel window is wider than the padded HR grid");
+  TORCH_CHECK(lr.device() == hr.device() && kernel.device() == hr.device(), op, ": all tensors must share a device");
+}
+
 }  // namespace wrc

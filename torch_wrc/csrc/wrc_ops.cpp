@@ -23,4 +23,9 @@ TORCH_LIBRARY(wrc, m) {
   m.def(
       "_lr_spectral_solve_backward(Tensor grad, Tensor t, Tensor eig, Tensor lam, Tensor alpha)"
       " -> (Tensor, Tensor, Tensor, Tensor)");
+  // The forward model A (decimate: HR (B,C,sH,sW) -> LR), its adjoint A^T (LR -> HR), and the kernel
+  // gradient sum_i y[i] x[s i - o + t] they share; kernel (C,k,k) with k >= scale.
+  m.def("decimate(Tensor x, Tensor kernel, int scale) -> Tensor");
+  m.def("decimate_adjoint(Tensor y, Tensor kernel, int scale) -> Tensor");
+  m.def("_decimate_kernel_grad(Tensor y, Tensor x, Tensor kernel, int scale) -> Tensor");
 }

@@ -85,7 +85,23 @@ def check_geometry(kernel: torch.Tensor, scale: int) -> int:
 
 
 def apply_A(x: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
-    """(A x): HR (B, C, H, W) -> LR (B, C, H/s, W/s), circular boundaries."""
+    """(A x): HR (B, C, H, W) -> LR (B, C, H/s, W/s), circular boundaries (fused when available)."""
+    check_geometry(kernel, scale)
+    if x.dtype in _EXTENSION_DTYPES and extension_enabled(x.device):
+        return torch.ops.wrc.decimate(x, kernel.to(x.dtype), scale)
+    return apply_A_reference(x, kernel, scale)
+
+
+def apply_At(y: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
+    """(A^T y): LR (B, C, h, w) -> HR (B, C, s h, s w), the exact adjoint of ``apply_A`` (fused when available)."""
+    check_geometry(kernel, scale)
+    if y.dtype in _EXTENSION_DTYPES and extension_enabled(y.device):
+        return torch.ops.wrc.decimate_adjoint(y, kernel.to(y.dtype), scale)
+    return apply_At_reference(y, kernel, scale)
+
+
+def apply_A_reference(x: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
+    """``apply_A`` in plain PyTorch: circular padding, then a strided depthwise convolution."""
     k = check_geometry(kernel, scale)
     low = kernel_offset(k, scale)
     high = k - scale - low
@@ -93,8 +109,8 @@ def apply_A(x: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
     return F.conv2d(x, kernel[:, None].to(x.dtype), stride=scale, groups=x.shape[1])
 
 
-def apply_At(y: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
-    """(A^T y): LR (B, C, h, w) -> HR (B, C, s h, s w), the exact adjoint of ``apply_A``."""
+def apply_At_reference(y: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
+    """``apply_At`` in plain PyTorch: a strided depthwise transposed convolution folded onto the torus."""
     k = check_geometry(kernel, scale)
     out = F.conv_transpose2d(y, kernel[:, None].to(y.dtype), stride=scale, groups=y.shape[1])  # H + k - s
     if k == scale:
