@@ -70,7 +70,7 @@ GEOMETRIES = [(2, 2), (2, 3), (2, 4), (2, 5), (3, 3), (3, 5), (3, 4)]  # (scale,
 
 
 @pytest.mark.parametrize("scale, k", GEOMETRIES)
-@pytest.mark.parametrize("implementation", ["dispatched", "reference"])  # dispatched: torch_wrc when built
+@pytest.mark.parametrize("implementation", ["dispatched", "reference"])  # dispatched: torch_wrc on CUDA
 def test_forward_model_matches_the_dense_matrix(scale, k, implementation):
     forward, adjoint = (apply_A, apply_At) if implementation == "dispatched" else (apply_A_reference,
                                                                                    apply_At_reference)

@@ -172,8 +172,8 @@ def test_spectral_bad_input():
         torch.ops.wrc.lr_spectral_solve(t, eig[..., :-1], lam, alpha)
 
 
-def test_closed_form_uses_the_fused_step():
-    """reverse_conv through the extension equals the reference path (which the dense-solve tests pin down)."""
+def test_solvers_through_the_extension_equal_the_reference_path():
+    """reverse_conv and the PCG solve through torch_wrc equal the pure-PyTorch path (pinned by the dense tests)."""
     from wrc.ops import reverse_conv as rc
 
     g = torch.Generator().manual_seed(0)
@@ -182,12 +182,15 @@ def test_closed_form_uses_the_fused_step():
     kernel = torch.rand(3, 4, 4, generator=g, dtype=torch.float64)
     lam, alpha = torch.rand(2, 3, generator=g, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.2
     fused = rc.reverse_conv(y, z, kernel, 2, lam, alpha, padding=1)
-    original, rc.lr_inverse = rc.lr_inverse, rc.lr_inverse_reference
-    try:
+    with rc.reference_only():
         reference = rc.reverse_conv(y, z, kernel, 2, lam, alpha, padding=1)
-    finally:
-        rc.lr_inverse = original
     torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-12)
+    y, z = y[:, :, :4], z[:, :, :8]  # and the weighted solve with a wide kernel (PCG)
+    w_low, w_high = torch.rand_like(y), torch.rand_like(z) + 0.1
+    fused = rc.weighted_reverse_conv(y, z, kernel, 2, w_low, w_high, tol=1e-12, iterations=200)
+    with rc.reference_only():
+        reference = rc.weighted_reverse_conv(y, z, kernel, 2, w_low, w_high, tol=1e-12, iterations=200)
+    torch.testing.assert_close(fused, reference, rtol=1e-8, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------------------------

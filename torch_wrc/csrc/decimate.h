@@ -14,7 +14,7 @@
 
 namespace wrc {
 
-// (v mod n) in [0, n) for |v| < 2n, the range window offsets can reach.
+// (v mod n) in [0, n) for -n <= v < 2n, the range window offsets can reach.
 WRC_DECIMATE_HD int64_t wrap(int64_t v, int64_t n) { return v < 0 ? v + n : (v >= n ? v - n : v); }
 
 template <typename scalar_t>
@@ -31,16 +31,14 @@ WRC_DECIMATE_HD scalar_t decimate_cell(const scalar_t* x, const scalar_t* kernel
 template <typename scalar_t>
 WRC_DECIMATE_HD scalar_t adjoint_cell(const scalar_t* y, const scalar_t* kernel, int64_t m, int64_t n, int64_t s,
                                       int64_t k, int64_t offset, int64_t h, int64_t w) {
-  const int64_t H = h * s, W = w * s;
+  // Tap ty lands on HR row m for LR row i = (m + offset - ty) / s, so only ty = (m + offset) mod s, + s, ...
+  // contribute: one division per row and column instead of one per tap.
+  const int64_t ty0 = (m + offset) % s, tx0 = (n + offset) % s;
   scalar_t acc = 0;
-  for (int64_t ty = 0; ty < k; ++ty) {
-    const int64_t qy = wrap(m + offset - ty, H);  // = s i for the LR row i whose window puts tap ty on m
-    if (qy % s) continue;
-    for (int64_t tx = 0; tx < k; ++tx) {
-      const int64_t qx = wrap(n + offset - tx, W);
-      if (qx % s) continue;
-      acc += kernel[ty * k + tx] * y[(qy / s) * w + qx / s];
-    }
+  for (int64_t ty = ty0; ty < k; ty += s) {
+    const int64_t i = wrap((m + offset - ty) / s, h);  // exact division: m + offset - ty is a multiple of s
+    for (int64_t tx = tx0; tx < k; tx += s)
+      acc += kernel[ty * k + tx] * y[i * w + wrap((n + offset - tx) / s, w)];
   }
   return acc;
 }
