@@ -25,17 +25,30 @@ WRC_HOST_DEVICE int64_t hr_index(int64_t i, int64_t j, int64_t ty, int64_t tx, i
   return (i * s + ty) * W + j * s + tx;
 }
 
+// r = y - sum_t kappa_t z_t and q = sum_t kappa_t^2 / D_t over one block; with `grad`, also
+// u = sum_t G_t kappa_t / D_t (the backward's reduction), in the same pass.
 template <typename scalar_t>
-WRC_HOST_DEVICE void block_forward(const scalar_t* z, const scalar_t* wh, const scalar_t* kappa, scalar_t y,
-                                   scalar_t wl, int64_t i, int64_t j, int64_t s, int64_t W, scalar_t* x) {
-  scalar_t r = y, q = 0;
+WRC_HOST_DEVICE void block_sums(const scalar_t* z, const scalar_t* wh, const scalar_t* kappa, const scalar_t* grad,
+                                scalar_t y, int64_t i, int64_t j, int64_t s, int64_t W, scalar_t* r, scalar_t* q,
+                                scalar_t* u) {
+  *r = y;
+  *q = 0;
+  *u = 0;
   for (int64_t ty = 0; ty < s; ++ty)
     for (int64_t tx = 0; tx < s; ++tx) {
       const int64_t n = hr_index(i, j, ty, tx, s, W);
       const scalar_t k = kappa[ty * s + tx];
-      r -= k * z[n];
-      q += k * k / wh[n];
+      *r -= k * z[n];
+      *q += k * k / wh[n];
+      if (grad != nullptr) *u += grad[n] * k / wh[n];
     }
+}
+
+template <typename scalar_t>
+WRC_HOST_DEVICE void block_forward(const scalar_t* z, const scalar_t* wh, const scalar_t* kappa, scalar_t y,
+                                   scalar_t wl, int64_t i, int64_t j, int64_t s, int64_t W, scalar_t* x) {
+  scalar_t r, q, unused;
+  block_sums<scalar_t>(z, wh, kappa, nullptr, y, i, j, s, W, &r, &q, &unused);
   const scalar_t g = wl / (scalar_t(1) + wl * q);
   for (int64_t ty = 0; ty < s; ++ty)
     for (int64_t tx = 0; tx < s; ++tx) {
@@ -51,15 +64,8 @@ WRC_HOST_DEVICE void block_backward(const scalar_t* grad, const scalar_t* z, con
                                     const scalar_t* kappa, scalar_t y, scalar_t wl, int64_t i, int64_t j, int64_t s,
                                     int64_t W, scalar_t* grad_z, scalar_t* grad_wh, scalar_t* grad_y,
                                     scalar_t* grad_wl, scalar_t* kappa_grad) {
-  scalar_t r = y, q = 0, u = 0;
-  for (int64_t ty = 0; ty < s; ++ty)
-    for (int64_t tx = 0; tx < s; ++tx) {
-      const int64_t n = hr_index(i, j, ty, tx, s, W);
-      const scalar_t k = kappa[ty * s + tx];
-      r -= k * z[n];
-      q += k * k / wh[n];
-      u += grad[n] * k / wh[n];
-    }
+  scalar_t r, q, u;
+  block_sums(z, wh, kappa, grad, y, i, j, s, W, &r, &q, &u);
   const scalar_t denom = scalar_t(1) + wl * q;
   const scalar_t g = wl / denom;
   *grad_y = g * u;
