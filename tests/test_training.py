@@ -109,7 +109,7 @@ def test_resume_path_without_checkpoints(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_with_gloo(tmp_path):
-    config = tiny_train_config(tmp_path / "run", train={"max_steps": 3, "ckpt_every": 2})
+    config = tiny_train_config(tmp_path / "run{rank}", train={"max_steps": 3, "ckpt_every": 2})
     states = tmp_path / "states"
     states.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HELPER),
@@ -123,7 +123,8 @@ def test_ddp_two_cpu_processes_with_gloo(tmp_path):
     assert len(parameters) > 10
     for key in parameters:
         torch.testing.assert_close(rank0[key], rank1[key], msg=key)
-    history = read_metrics(tmp_path / "run")
+    history = read_metrics(tmp_path / "run0")
     assert [h["step"] for h in history] == [1, 2, 3]  # rank 0 alone logs
     assert history[0]["images_per_s"] > 0
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")) == ["step_0000002", "step_0000003"]
+    assert sorted(p.name for p in (tmp_path / "run0" / "checkpoints").glob("step_*")) == ["step_0000002", "step_0000003"]
+    assert not (tmp_path / "run1").exists()  # every rank works in rank 0's run directory

@@ -36,6 +36,14 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def from_main(self, obj: object) -> object:
+        """Rank 0's value of ``obj`` on every rank (e.g. a run directory named after a timestamp)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather_objects(self, obj: object) -> list[object]:
         if not self.enabled:
             return [obj]

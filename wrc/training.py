@@ -128,7 +128,7 @@ def make_loader(config: dict[str, Any], dataset: Dataset, ctx: DistributedContex
 def train(config: dict[str, Any]) -> TrainResult:
     """Train the configured upsampler; returns where its run directory and final checkpoint are."""
     ctx = init_distributed(config.get("device", "auto"))
-    run_dir, resume = resolve_run_dir(config)
+    run_dir, resume = ctx.from_main(resolve_run_dir(config))  # Hydra names each rank's dir on its own clock
     train_cfg = config["train"]
     max_steps = int(train_cfg["max_steps"])
     seed_everything(int(config["seed"]) + ctx.rank)
