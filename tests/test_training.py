@@ -126,5 +126,6 @@ def test_ddp_two_cpu_processes_with_gloo(tmp_path):
     history = read_metrics(tmp_path / "run0")
     assert [h["step"] for h in history] == [1, 2, 3]  # rank 0 alone logs
     assert history[0]["images_per_s"] > 0
-    assert sorted(p.name for p in (tmp_path / "run0" / "checkpoints").glob("step_*")) == ["step_0000002", "step_0000003"]
+    checkpoints = sorted(p.name for p in (tmp_path / "run0" / "checkpoints").glob("step_*"))
+    assert checkpoints == ["step_0000002", "step_0000003"]
     assert not (tmp_path / "run1").exists()  # every rank works in rank 0's run directory
