@@ -241,3 +241,17 @@ def test_decimate_bad_input():
         torch.ops.wrc.decimate_adjoint(y, kernel[:, :2, :2], 3)
     with pytest.raises(RuntimeError, match="supports float32 and float64 tensors"):
         torch.ops.wrc.decimate(x.half(), kernel.half(), 2)
+
+
+def test_pcg_solve_compiles_without_graph_breaks_for_inference():
+    """k > s: the PCG loop runs its full budget under torch.compile instead of reading a value to stop early."""
+    g = torch.Generator().manual_seed(0)
+    y, z = torch.randn(1, 4, 6, 6, generator=g), torch.randn(1, 4, 12, 12, generator=g)
+    kernel = torch.softmax(torch.randn(4, 16, generator=g), -1).view(4, 4, 4)
+    w_low, w_high = torch.rand(1, 4, 6, 6, generator=g), torch.rand(1, 4, 12, 12, generator=g) + 0.1
+
+    def solve(y, z, w_low, w_high):  # tol below reach: eager runs the full budget too, as compiled code does
+        return weighted_reverse_conv(y, z, kernel, 2, w_low, w_high, iterations=30, tol=1e-30)
+
+    compiled = torch.compile(solve, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(y, z, w_low, w_high), solve(y, z, w_low, w_high), rtol=1e-5, atol=1e-6)
