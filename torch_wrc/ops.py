@@ -30,12 +30,6 @@ def _block_solve_backward(ctx, grad):
 torch.library.register_autograd("wrc::block_solve", _block_solve_backward, setup_context=_setup_context)
 
 
-def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
-                w_high: torch.Tensor) -> torch.Tensor:
-    """Fused k == s weighted reverse convolution; all tensors float32/float64, w_low like y, w_high like z."""
-    return torch.ops.wrc.block_solve(y, z, kernel, w_low, w_high)
-
-
 @torch.library.register_fake("wrc::lr_spectral_solve")
 def _lr_spectral_solve_fake(t, eig, lam, alpha):
     torch._check(eig.shape == (t.shape[1], t.shape[2], t.shape[3] // 2 + 1))
@@ -53,11 +47,6 @@ def _lr_spectral_solve_backward(ctx, grad):
 
 
 torch.library.register_autograd("wrc::lr_spectral_solve", _lr_spectral_solve_backward, setup_context=_setup_context)
-
-
-def lr_spectral_solve(t: torch.Tensor, eig: torch.Tensor, lam: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Fused irfft2(lam / (lam * eig + alpha) * rfft2(t)); t (B, C, h, w), eig (C, h, w // 2 + 1), lam/alpha (B, C)."""
-    return torch.ops.wrc.lr_spectral_solve(t, eig, lam, alpha)
 
 
 @torch.library.register_fake("wrc::decimate")

@@ -13,8 +13,6 @@ from typing import Any
 import torch
 
 from wrc.backbone import FrozenBackbone
-from wrc.checkpoint import load_upsampler
-from wrc.extractor import DenseFeatureExtractor
 from wrc.objectives import Objective, create_objective
 from wrc.upsamplers import Upsampler, create_upsampler
 
@@ -39,15 +37,6 @@ def build_upsampler(cfg: Mapping[str, Any], backbone: FrozenBackbone) -> Upsampl
 def build_objective(cfg: Mapping[str, Any]) -> Objective:
     name, kwargs = _split(cfg, "objective")
     return create_objective(name, **kwargs)
-
-
-def build_extractor(backbone: FrozenBackbone, model: Mapping[str, Any] | str) -> DenseFeatureExtractor:
-    """Extractor from a model config node, or from a checkpoint path (checked against the backbone)."""
-    if isinstance(model, str):
-        upsampler = load_upsampler(model)
-    else:
-        upsampler = build_upsampler(model, backbone)
-    return DenseFeatureExtractor(backbone, upsampler)
 
 
 def build_optimizer(

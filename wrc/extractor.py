@@ -31,10 +31,6 @@ class DenseFeatureExtractor(nn.Module):
             )
         self.backbone, self.upsampler = backbone, upsampler
 
-    def low_res(self, image: torch.Tensor) -> torch.Tensor:
-        """The backbone's own features (B, C, h, w)."""
-        return self.backbone(image)
-
     def forward(self, image: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Image (B, 3, H, W) -> features (B, C, H', W'); the upsampler's default size when None."""
         features = self.backbone(image)
