@@ -14,6 +14,8 @@ from wrc.ops.reverse_conv import (
     apply_At,
     apply_At_reference,
     energy,
+    kernel_grad_of_A,
+    pcg_solve,
     reverse_conv,
     weighted_reverse_conv,
 )
@@ -276,6 +278,40 @@ def test_pcg_gradients_equal_autograd_through_a_dense_solve():
     (x.view(1, 1, 6, 8) * weights).sum().backward()
     for got, want in zip(inputs_a, inputs_b, strict=True):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale, k", [(2, 2), (2, 4), (3, 4)])
+def test_kernel_grad_of_A_matches_the_dense_matrix(scale, k):
+    """d<l, A h>/d kernel[t] = sum_i l[i] h[window_i(t)]: differentiate the dense matrix with autograd."""
+    y, z, kernel, _, _ = problem(scale, k, b=1, c=1)
+    dense_kernel = kernel[0].clone().requires_grad_()
+    (y.flatten() @ dense_A(dense_kernel, scale, *y.shape[-2:]) @ z.flatten()).backward()
+    torch.testing.assert_close(kernel_grad_of_A(y, z, kernel, scale)[0], dense_kernel.grad)
+
+
+def pcg_inputs(seed=0):
+    y, z, kernel, w_low, w_high = problem(2, 4, h=3, w=4, b=1, c=2, seed=seed)
+    return [y, z, kernel, w_low, w_high, 2, 200, 1e-12]
+
+
+def test_opcheck_pcg_solve():
+    args = pcg_inputs()
+    torch.library.opcheck(pcg_solve, [a.requires_grad_() if torch.is_tensor(a) else a for a in args])
+
+
+def test_pcg_solve_compiles_without_graph_breaks_with_gradients():
+    """k > s, training: forward and backward are opaque ops, so fullgraph compiles and gradients agree."""
+    def loss(y, z, kernel, w_low, w_high):
+        return weighted_reverse_conv(y, z, kernel.softmax(-1).view(2, 4, 4), 2, w_low, w_high, padding=1,
+                                     iterations=200, tol=1e-12).square().sum()
+
+    y, z, kernel, w_low, w_high = problem(2, 4, h=3, w=4, b=1, c=2)
+    eager = [t.clone().requires_grad_() for t in (y, z, kernel.view(2, 16), w_low, w_high)]
+    compiled = [t.detach().clone().requires_grad_() for t in eager]
+    loss(*eager).backward()
+    torch.compile(loss, fullgraph=True, backend="aot_eager")(*compiled).backward()
+    for want, got in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(got.grad, want.grad)
 
 
 # ----------------------------------------------------------------------------------------------------------------

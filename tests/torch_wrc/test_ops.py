@@ -105,11 +105,21 @@ def test_disabled_extension_falls_back_to_the_reference():
     assert "reference ok" in proc.stdout
 
 
-def test_compiled_wrc_upsampler_matches_eager():
-    up = create_upsampler("wrc", 16, 16).eval()
+@pytest.mark.parametrize("kernel_size", [2, 4])
+def test_compiled_wrc_upsampler_has_no_graph_breaks_and_matches_eager(kernel_size):
+    """The whole upsampler, forward and backward, under fullgraph: k = 2 (fused block solve) and k = 4 (PCG)."""
+    torch.manual_seed(0)
+    up = create_upsampler("wrc", 16, 16, kernel_size=kernel_size, iterations=5)
     feats, image = torch.randn(1, 16, 3, 4), torch.rand(1, 3, 48, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.compile(up, backend="aot_eager")(feats, image), up(feats, image))
+    compiled_out = torch.compile(up, fullgraph=True, backend="aot_eager")(feats, image)
+    compiled_out.square().mean().backward()
+    compiled_grads = [p.grad.clone() for p in up.parameters()]
+    up.zero_grad()
+    eager_out = up(feats, image)
+    eager_out.square().mean().backward()
+    torch.testing.assert_close(compiled_out, eager_out)
+    for got, want in zip(compiled_grads, (p.grad for p in up.parameters()), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------

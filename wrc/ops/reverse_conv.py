@@ -386,33 +386,73 @@ def pcg(rhs: torch.Tensor, kernel: torch.Tensor, scale: int, w_low: torch.Tensor
     return x, iterations
 
 
-class _ImplicitSolve(torch.autograd.Function):
-    """x* = M^-1 b with exact gradients: backward solves M g = dL/dx* (M is symmetric) and differentiates
-    phi(theta) = <A g, WL (y - A x*)> + <g, WH (z - x*)>, whose gradient is g^T (db/dtheta - dM/dtheta x*)."""
+def kernel_grad_of_A(low: torch.Tensor, high: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
+    """d<low, A_kernel high>/d kernel, summed over the batch: (C, k, k). The kernel gradient of ``apply_A``."""
+    k = check_geometry(kernel, scale)
+    if _fused_decimation(high):
+        return torch.ops.wrc._decimate_kernel_grad(low, high, kernel.to(high.dtype), scale)
+    before = kernel_offset(k, scale)
+    after = k - scale - before
+    high = F.pad(high, (before, after, before, after), mode="circular") if k > scale else high
+    return torch.nn.grad.conv2d_weight(high, (kernel.shape[0], 1, k, k), low, stride=scale, groups=high.shape[1])[:, 0]
 
-    @staticmethod
-    def forward(ctx, y, z, kernel, w_low, w_high, scale, iterations, tol):
-        rhs = apply_At(w_low * y, kernel, scale) + w_high * z
-        x, _ = pcg(rhs, kernel, scale, w_low, w_high, iterations, tol)
-        ctx.save_for_backward(y, z, kernel, w_low, w_high, x)
-        ctx.scale, ctx.iterations, ctx.tol = scale, iterations, tol
-        return x
 
-    @staticmethod
-    def backward(ctx, grad_x):
-        y, z, kernel, w_low, w_high, x = ctx.saved_tensors
-        g, _ = pcg(grad_x, kernel, ctx.scale, w_low, w_high, ctx.iterations, ctx.tol)
-        inputs = (y, z, kernel, w_low, w_high)
-        needs = ctx.needs_input_grad[:5]
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(need) for t, need in zip(inputs, needs, strict=True)]
-            yl, zl, kl, wll, whl = leaves
-            residual_low = wll * (yl - apply_A(x, kl, ctx.scale))
-            phi = (apply_A(g, kl, ctx.scale) * residual_low).sum() + (g * whl * (zl - x)).sum()
-            wanted = [leaf for leaf, need in zip(leaves, needs, strict=True) if need]
-            grads = iter(torch.autograd.grad(phi, wanted, allow_unused=True)) if wanted else iter(())
-        out = [next(grads) if need else None for need in needs]
-        return (*out, None, None, None)
+# The PCG solve and its backward are opaque custom ops: torch.compile neither unrolls the loop nor breaks
+# the graph on it (the early exit reads a value, which is fine inside an op), with or without gradients.
+
+
+@torch.library.custom_op("wrc_py::pcg_solve", mutates_args=())
+def pcg_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor, w_high: torch.Tensor,
+              scale: int, iterations: int, tol: float) -> torch.Tensor:
+    """x* = M^-1 (A^T WL y + WH z) by ``pcg`` on the torus (inputs already padded and expanded)."""
+    rhs = apply_At(w_low * y, kernel, scale) + w_high * z
+    return pcg(rhs, kernel, scale, w_low, w_high, iterations, tol)[0]
+
+
+@pcg_solve.register_fake
+def _pcg_solve_fake(y, z, kernel, w_low, w_high, scale, iterations, tol):
+    return torch.empty_like(z)
+
+
+_FiveTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@torch.library.custom_op("wrc_py::pcg_solve_backward", mutates_args=())
+def pcg_solve_backward(grad_x: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+                       kernel: torch.Tensor, w_low: torch.Tensor, w_high: torch.Tensor, scale: int,
+                       iterations: int, tol: float) -> _FiveTensors:
+    """Exact gradients of x* (implicit differentiation): solve M g = dL/dx* (M is symmetric), then
+
+        dL/dtheta = d/dtheta [<A g, WL (y - A x*)> + <g, WH (z - x*)>]   with g and x* held fixed,
+
+    which is g^T (db/dtheta - dM/dtheta x*). Returns the gradients for (y, z, kernel, w_low, w_high).
+    """
+    g, _ = pcg(grad_x, kernel, scale, w_low, w_high, iterations, tol)
+    a_g = apply_A(g, kernel, scale)
+    residual = y - apply_A(x, kernel, scale)
+    grad_kernel = kernel_grad_of_A(w_low * residual, g, kernel, scale) - kernel_grad_of_A(w_low * a_g, x, kernel, scale)
+    return w_low * a_g, w_high * g, grad_kernel, a_g * residual, g * (z - x)
+
+
+@pcg_solve_backward.register_fake
+def _pcg_solve_backward_fake(grad_x, x, y, z, kernel, w_low, w_high, scale, iterations, tol):
+    return (torch.empty_like(y), torch.empty_like(z), torch.empty_like(kernel), torch.empty_like(w_low),
+            torch.empty_like(w_high))
+
+
+def _pcg_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output, *inputs[:5])
+    ctx.scale, ctx.iterations, ctx.tol = inputs[5:]
+
+
+def _pcg_backward(ctx, grad_x):
+    x, y, z, kernel, w_low, w_high = ctx.saved_tensors
+    grads = pcg_solve_backward(grad_x.contiguous(), x, y, z, kernel, w_low, w_high, ctx.scale, ctx.iterations,
+                               ctx.tol)
+    return (*grads, None, None, None)
+
+
+pcg_solve.register_autograd(_pcg_backward, setup_context=_pcg_setup_context)
 
 
 def weighted_reverse_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, scale: int, w_low: torch.Tensor,
@@ -449,4 +489,4 @@ def weighted_reverse_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor
         cells = padding * scale
         y, w_low = _pad(y, padding, padding_mode), _pad(w_low, padding, padding_mode)
         z, w_high = _pad(z, cells, padding_mode), _pad(w_high, cells, padding_mode)
-        return _crop(_ImplicitSolve.apply(y, z, kernel, w_low, w_high, scale, iterations, tol), cells)
+        return _crop(pcg_solve(y, z, kernel, w_low.contiguous(), w_high.contiguous(), scale, iterations, tol), cells)
