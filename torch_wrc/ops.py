@@ -87,3 +87,37 @@ def _decimate_adjoint_backward(ctx, grad):
 torch.library.register_autograd("wrc::decimate", _decimate_backward, setup_context=_save_tensors_and_scale)
 torch.library.register_autograd("wrc::decimate_adjoint", _decimate_adjoint_backward,
                                 setup_context=_save_tensors_and_scale)
+
+
+@torch.library.register_fake("wrc::adaptive_conv")
+def _adaptive_conv_fake(input, filters):
+    k = filters.shape[-1]
+    torch._check(input.shape[-2] == filters.shape[1] + k - 1 and input.shape[-1] == filters.shape[2] + k - 1)
+    return input.new_empty(input.shape[0], input.shape[1], filters.shape[1], filters.shape[2])
+
+
+@torch.library.register_fake("wrc::_adaptive_conv_input_grad")
+def _adaptive_conv_input_grad_fake(grad, filters):
+    k = filters.shape[-1]
+    return grad.new_empty(grad.shape[0], grad.shape[1], grad.shape[2] + k - 1, grad.shape[3] + k - 1)
+
+
+@torch.library.register_fake("wrc::_adaptive_conv_filter_grad")
+def _adaptive_conv_filter_grad_fake(grad, input, kernel_size):
+    return grad.new_empty(grad.shape[0], grad.shape[2], grad.shape[3], kernel_size, kernel_size)
+
+
+def _save_input_and_filters(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _adaptive_conv_backward(ctx, grad):
+    input, filters = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_input = torch.ops.wrc._adaptive_conv_input_grad(grad, filters) if ctx.needs_input_grad[0] else None
+    grad_filters = (torch.ops.wrc._adaptive_conv_filter_grad(grad, input, filters.shape[-1])
+                    if ctx.needs_input_grad[1] else None)
+    return grad_input, grad_filters
+
+
+torch.library.register_autograd("wrc::adaptive_conv", _adaptive_conv_backward, setup_context=_save_input_and_filters)

@@ -69,4 +69,32 @@ inline void check_decimate_args(const char* op, const at::Tensor& lr, const at::
   TORCH_CHECK(lr.device() == hr.device() && kernel.device() == hr.device(), op, ": all tensors must share a device");
 }
 
+// Checks of the adaptive convolution: input (B, C, H + k - 1, W + k - 1), filters (B, H, W, k, k).
+inline void check_adaptive_conv_args(const char* op, const at::Tensor& input, const at::Tensor& filters) {
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              " supports float32, float64, float16 and bfloat16; got input of dtype ", dtype);
+  TORCH_CHECK(filters.scalar_type() == dtype, op, ": filters must have the input's dtype ", dtype, "; got ",
+              filters.scalar_type());
+  TORCH_CHECK(input.dim() == 4, op, ": input must be (B, C, H + k - 1, W + k - 1); got ", input.sizes());
+  TORCH_CHECK(filters.dim() == 5 && filters.size(3) == filters.size(4) && filters.size(3) >= 1, op,
+              ": filters must be (B, H, W, k, k); got ", filters.sizes());
+  const int64_t k = filters.size(3);
+  TORCH_CHECK(filters.size(0) == input.size(0) && input.size(2) == filters.size(1) + k - 1 &&
+                  input.size(3) == filters.size(2) + k - 1,
+              op, ": input must be (B, C, H + k - 1, W + k - 1) = (", filters.size(0), ", C, ", filters.size(1) + k - 1,
+              ", ", filters.size(2) + k - 1, ") for filters ", filters.sizes(), "; got ", input.sizes());
+  TORCH_CHECK(input.device() == filters.device(), op, ": input and filters must share a device");
+}
+
+// The upstream gradient of an adaptive convolution: (B, C, H, W) like its output, same dtype and device.
+inline void check_adaptive_conv_grad(const char* op, const at::Tensor& grad, const at::Tensor& like, int64_t B,
+                                     int64_t H, int64_t W) {
+  TORCH_CHECK(grad.scalar_type() == like.scalar_type(), op, ": grad must have dtype ", like.scalar_type(), "; got ",
+              grad.scalar_type());
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == B && grad.size(2) == H && grad.size(3) == W, op,
+              ": grad must be (B, C, H, W) = (", B, ", C, ", H, ", ", W, "); got ", grad.sizes());
+  TORCH_CHECK(grad.device() == like.device(), op, ": grad must be on ", like.device());
+}
+
 }  // namespace wrc

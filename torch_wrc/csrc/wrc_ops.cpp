@@ -28,4 +28,9 @@ TORCH_LIBRARY(wrc, m) {
   m.def("decimate(Tensor x, Tensor kernel, int scale) -> Tensor");
   m.def("decimate_adjoint(Tensor y, Tensor kernel, int scale) -> Tensor");
   m.def("_decimate_kernel_grad(Tensor y, Tensor x, Tensor kernel, int scale) -> Tensor");
+  // Adaptive (per-pixel) convolution of FeatUp's JBU: out[b,c,y,x] = sum_ij filters[b,y,x,i,j] input[b,c,y+i,x+j];
+  // input (B,C,H+k-1,W+k-1) already padded, filters (B,H,W,k,k); float32, float64, float16, bfloat16.
+  m.def("adaptive_conv(Tensor input, Tensor filters) -> Tensor");
+  m.def("_adaptive_conv_input_grad(Tensor grad, Tensor filters) -> Tensor");
+  m.def("_adaptive_conv_filter_grad(Tensor grad, Tensor input, int kernel_size) -> Tensor");
 }
