@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers.toy_backbone import ToyBackbone
 from wrc import DenseFeatureExtractor, create_upsampler, list_upsamplers
 from wrc.upsamplers import Upsampler, register_upsampler
 
@@ -23,18 +24,22 @@ class TestContract:
     def test_cardinality(self, name, patch):
         up = create_upsampler(name, 24, patch).eval()
         feats, image = _inputs(24, patch)
-        native = up(feats, image)
+        backbone = ToyBackbone(24, patch) if up.needs_backbone else None
+        native = up(feats, image, backbone=backbone)
         expected = (3 * up.scale, 5 * up.scale) if up.scale else image.shape[-2:]
         assert native.shape == (2, 24, *expected)
         for size in [(6, 10), (12, 20), (7, 9), (image.shape[-2], image.shape[-1])]:
-            out = up(feats, image, output_size=size)
+            out = up(feats, image, output_size=size, backbone=backbone)
             assert out.shape == (2, 24, *size) and torch.isfinite(out).all()
 
     def test_backward_reaches_every_parameter(self, name, patch):
         up = create_upsampler(name, 24, patch).train()
+        if up.needs_backbone:
+            pytest.skip("backbone-side method: recomputes features from the image, nothing to train")
         feats, image = _inputs(24, patch)
         feats.requires_grad_(True)
-        up(feats, image, output_size=(12, 20)).square().mean().backward()
+        size = (12, 20) if up.scale else (48, 80)  # 16x for stacks of 2x layers, so every layer is used
+        up(feats, image, output_size=size).square().mean().backward()
         assert feats.grad is not None and feats.grad.abs().sum() > 0
         for pname, param in up.named_parameters():
             assert param.grad is not None and param.grad.abs().sum() > 0, pname

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import timm
@@ -187,24 +187,50 @@ class FrozenBackbone(nn.Module):
         return F.interpolate(image, size=(h * p, w * p), mode="bilinear", align_corners=False, antialias=True)
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Image (B, 3, H, W) in [0, 1] -> features (B, C, h, w), fp32."""
-        image = self.prepare(image)
-        x = (image - self.mean) / self.std
+    def forward(self, image: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        """Image (B, 3, H, W) in [0, 1] -> features (B, C, h, w), fp32.
+
+        ``stride`` (pixels, dividing the patch size) runs the patch embedding with overlapping patches:
+        the image is taken as is (no size policy), the grid is ((H - P) // stride + 1, ...) and the
+        position embeddings are interpolated to it. None = the patch size (the model's own tokens).
+        """
+        if stride is None:
+            image = self.prepare(image)
+            stride = self.patch_size
+        elif stride < 1 or self.patch_size % stride:
+            raise ValueError(f"stride must divide the patch size {self.patch_size}; got {stride}")
+        elif min(image.shape[-2:]) < self.patch_size:
+            raise ValueError(f"image of {tuple(image.shape[-2:])} pixels is smaller than one patch of {self.name}")
+        grid = tuple((side - self.patch_size) // stride + 1 for side in image.shape[-2:])
+        x = (image[..., : (grid[0] - 1) * stride + self.patch_size, : (grid[1] - 1) * stride + self.patch_size]
+             - self.mean) / self.std
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with autocast:
+        with autocast, self._patch_stride(stride):
             if self.facet == "token":
-                feats = self.model.forward_intermediates(
+                tokens = self.model.forward_intermediates(
                     x, indices=self.layers, norm=self.final_norm, stop_early=True,
-                    output_fmt="NCHW", intermediates_only=True,
+                    output_fmt="NLC", intermediates_only=True,
                 )
             else:
-                feats = self._attention_facets(x)
+                tokens = self._attention_facets(x)
+        feats = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid) for t in tokens]
         return torch.cat(feats, dim=1).float() if len(feats) > 1 else feats[0].float()
 
+    @contextmanager
+    def _patch_stride(self, stride: int):
+        """Temporarily run the patch embedding with ``stride`` (timm then interpolates the position embeddings
+        to whatever grid comes out, since the model is built with dynamic_img_size)."""
+        embed = self.model.patch_embed
+        saved = embed.proj.stride, embed.patch_size
+        embed.proj.stride, embed.patch_size = (stride, stride), (stride, stride)
+        try:
+            yield
+        finally:
+            embed.proj.stride, embed.patch_size = saved
+
     def _attention_facets(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Query, key or value of each selected block, captured from its fused qkv projection."""
+        """Query, key or value tokens (B, N, C) of each selected block, captured from its fused qkv projection."""
         captured: dict[int, torch.Tensor] = {}
         handles = []
         for index in self.layers:
@@ -220,11 +246,9 @@ class FrozenBackbone(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         part = {"query": 0, "key": 1, "value": 2}[self.facet]
-        maps = []
+        tokens = []
         for index in self.layers:
             qkv = captured[index]  # B, N, 3C
-            facet = qkv.view(qkv.shape[0], qkv.shape[1], 3, -1)[:, self.num_prefix_tokens :, part]  # B, hw, C
-            maps.append(facet.transpose(1, 2).reshape(qkv.shape[0], -1, h, w))
-        return maps
+            tokens.append(qkv.view(qkv.shape[0], qkv.shape[1], 3, -1)[:, self.num_prefix_tokens :, part])
+        return tokens

@@ -1,6 +1,15 @@
 """Upsamplers: one module per method, all registered by name on import."""
 
-from wrc.upsamplers import converse2d, interpolate, lift, wrc  # noqa: F401  (registration side effects)
+from wrc.upsamplers import (  # noqa: F401  (registration side effects)
+    backbone_side,
+    classic,
+    converse2d,
+    featup_jbu,
+    interpolate,
+    lift,
+    srt,
+    wrc,
+)
 from wrc.upsamplers.base import (
     Upsampler,
     create_upsampler,
