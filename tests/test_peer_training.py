@@ -48,3 +48,16 @@ def test_srt_distill_loss_falls_for_a_student():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_featup_jbu_recipe_trains_its_objective_parameters_and_resumes(tmp_path):
+    """The objective's downsampler and scale head are built before the optimiser, trained, and checkpointed."""
+    config = tiny_train_config(tmp_path / "run", train={"max_steps": 2, "ckpt_every": 1})
+    config["model"] = {"name": "featup_jbu", "num_layers": 2}
+    config["objective"] = {"name": "featup_multiview", "num_jitters": 2, "max_pad": 4}
+    first = train(config)
+    state = torch.load(first.checkpoint / "train_state.pt", weights_only=False)
+    assert any(key.startswith("downsampler.") for key in state["objective"])
+    assert any(key.startswith("scale_net.") for key in state["objective"])
+    resumed = train({**config, "resume": True, "train": {**config["train"], "max_steps": 3}})
+    assert resumed.step == 3

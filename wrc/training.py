@@ -138,7 +138,9 @@ def train(config: dict[str, Any]) -> TrainResult:
     upsampler = build_upsampler(config["model"], backbone).to(ctx.device)
     if not upsampler.trainable or not any(p.requires_grad for p in upsampler.parameters()):
         raise ValueError(f"model={upsampler.name} has no parameters to train; choose a learned model (model=lift)")
-    objective = build_objective(config["objective"]).to(ctx.device)
+    objective = build_objective(config["objective"])
+    objective.setup(backbone)
+    objective.to(ctx.device)
     step_module: nn.Module = TrainStep(backbone, upsampler, objective)
     if ctx.enabled:
         if ctx.device.type == "cuda" and train_cfg.get("sync_batchnorm", True):

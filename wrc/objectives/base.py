@@ -20,6 +20,10 @@ _REGISTRY: dict[str, type[Objective]] = {}
 class Objective(nn.Module):
     name: ClassVar[str] = ""
 
+    def setup(self, backbone: FrozenBackbone) -> None:
+        """Create parameters that depend on the backbone (channels, patch size); called before the optimiser
+        is built. Objectives without such parameters need nothing here."""
+
     def forward(self, backbone: FrozenBackbone, upsampler: Upsampler, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
