@@ -19,10 +19,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
@@ -31,10 +27,10 @@ from benchmarks.common import (
     peak_rss_mib,
     publish,
     reset_peak_rss,
+    subprocess_peak_mib,
     time_call,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 208  # fused width of the WRC network for C = 384 (wrc.layers.blocks.fused_width)
 
 
@@ -107,13 +103,7 @@ def peak_memory_mib(op: str, impl: str, batch: int, channels: int, grid: int, de
         call(op, impl, args, backward)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    spec = json.dumps([op, impl, batch, channels, grid, backward])
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_wrc_ops", "--memory-worker", spec], cwd=REPO_ROOT,
-                          capture_output=True, text=True, check=True,
-                          # a fixed mmap threshold: every large buffer is mapped, and unmapped when freed, so
-                          # peak RSS sees each allocation instead of heap pages recycled from the warm-up call
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
-    return float(proc.stdout.strip().splitlines()[-1])
+    return subprocess_peak_mib("benchmarks.bench_wrc_ops", [op, impl, batch, channels, grid, backward])
 
 
 def floor_mib(op: str, batch: int, channels: int, grid: int, backward: bool) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -68,6 +69,18 @@ def reset_peak_rss() -> None:
     """Linux: make the peak-RSS counter (VmHWM) start again from the current RSS."""
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
+
+
+def subprocess_peak_mib(module: str, spec: object) -> float:
+    """Run ``python -m <module> --memory-worker <spec as JSON>`` in a fresh process and return the last number it
+    prints (the worker's peak RSS above its inputs, measured with ``reset_peak_rss`` / ``peak_rss_mib``)."""
+    repo_root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", module, "--memory-worker", json.dumps(spec)], cwd=repo_root,
+                          capture_output=True, text=True, check=True,
+                          # a fixed mmap threshold: every large buffer is mapped, and unmapped when freed, so peak
+                          # RSS sees each allocation instead of heap pages recycled from the warm-up call
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def git_commit() -> str:

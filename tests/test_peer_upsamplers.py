@@ -200,8 +200,8 @@ def test_srt_without_shifts_is_nearest_upsampling():
     assert backbone.calls == 0, "the unshifted view reuses the features passed in"
 
 
-def srt_oracle(image: torch.Tensor, patch: int, d: int, padding_mode: str) -> torch.Tensor:
-    """SRT of a patch-mean backbone, pixel by pixel: the average over the shifts whose back-shifted
+def srt_oracle(image: torch.Tensor, patch: int, d: int, padding_mode: str, aggregate: str = "mean") -> torch.Tensor:
+    """SRT of a patch-mean backbone, pixel by pixel: the mean (median) over the shifts whose back-shifted
     position stays in the image of the mean of the shifted image over the patch containing it."""
     _, height, width = image.shape
     out = torch.zeros_like(image)
@@ -225,18 +225,20 @@ def srt_oracle(image: torch.Tensor, patch: int, d: int, padding_mode: str) -> to
             py, px = qy // patch * patch, qx // patch * patch
             values.append(torch.stack([shifted_pixel(u, v, dy, dx)
                                        for u in range(py, py + patch) for v in range(px, px + patch)]).mean(0))
-        out[:, y, x] = torch.stack(values).mean(0)
+        stacked = torch.stack(values)
+        out[:, y, x] = stacked.mean(0) if aggregate == "mean" else stacked.median(0).values
     return out
 
 
+@pytest.mark.parametrize("aggregate", ["mean", "median"])
 @pytest.mark.parametrize("padding_mode", ["circular", "replicate"])
-def test_srt_matches_the_analytic_aggregate_of_a_patch_mean_backbone(padding_mode):
+def test_srt_matches_the_analytic_aggregate_of_a_patch_mean_backbone(padding_mode, aggregate):
     patch, d = 4, 1
     image = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(3))
     backbone = ToyBackbone(3, patch, mean=True)
-    up = create_upsampler("srt", 3, patch, max_shift=d, padding_mode=padding_mode, batch_size=4)
+    up = create_upsampler("srt", 3, patch, max_shift=d, padding_mode=padding_mode, batch_size=4, aggregate=aggregate)
     out = up(backbone(image), image, backbone=backbone)
-    torch.testing.assert_close(out[0], srt_oracle(image[0], patch, d, padding_mode))
+    torch.testing.assert_close(out[0], srt_oracle(image[0], patch, d, padding_mode, aggregate))
 
 
 def test_srt_batches_views_and_counts_backbone_passes():

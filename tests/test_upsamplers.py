@@ -11,6 +11,7 @@ from wrc import DenseFeatureExtractor, create_upsampler, list_upsamplers
 from wrc.upsamplers import Upsampler, register_upsampler
 
 ALL = list_upsamplers()
+FAST = {"featup_implicit": {"steps": 5, "num_jitters": 8, "progress": False}}  # per-image fits: a short budget
 
 
 def _inputs(channels: int, patch: int, grid=(3, 5), batch: int = 2):
@@ -22,7 +23,7 @@ def _inputs(channels: int, patch: int, grid=(3, 5), batch: int = 2):
 @pytest.mark.parametrize("patch", [8, 14, 16])
 class TestContract:
     def test_cardinality(self, name, patch):
-        up = create_upsampler(name, 24, patch).eval()
+        up = create_upsampler(name, 24, patch, **FAST.get(name, {})).eval()
         feats, image = _inputs(24, patch)
         backbone = ToyBackbone(24, patch) if up.needs_backbone else None
         native = up(feats, image, backbone=backbone)

@@ -4,6 +4,7 @@ from wrc.upsamplers import (  # noqa: F401  (registration side effects)
     backbone_side,
     classic,
     converse2d,
+    featup_implicit,
     featup_jbu,
     interpolate,
     lift,

@@ -6,8 +6,9 @@ nearest-upsampled to pixels, translated back and aggregated. The result is a pix
 (sub-token detail recovered from the shifted patch grids), resized (area-pooled when the sizes
 divide) to any requested grid.
 
-Memory does not grow with the number of views for ``aggregate="mean"``: one running sum and one
-coverage count at pixel resolution. ``"median"`` must keep every view (memory x views).
+Memory does not grow with the number of views for ``aggregate="mean"``: running sums (one per row
+shift, on the token-rows x pixel-columns grid; each view's contribution is separable) and a coverage
+count; the pixel-level field is formed once at the end. ``"median"`` keeps every view (memory x views).
 Padding: shifted-in pixels come from ``padding_mode``; features shifted back from outside the image
 are not counted (each pixel averages the views that saw it), except for ``"circular"``, which wraps.
 Unlike the original (zero fill, then division by the number of views), borders are thus not biased
@@ -102,27 +103,57 @@ class SRT(Upsampler):
     def pixel_field(self, features: torch.Tensor, image: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
         """The aggregated (B, C, h P, w P) field over all views."""
         p = self.patch_size
-        height, width = features.shape[-2] * p, features.shape[-1] * p
-        image = resize(image, (height, width))  # the pixels the token grid tiles
-        circular = self.padding_mode == "circular"
-        total, count, views = features.new_zeros(*features.shape[:2], height, width), 0, []
+        image = resize(image, (features.shape[-2] * p, features.shape[-1] * p))  # the pixels the token grid tiles
+        views = self.views(features, image, backbone)
+        if self.aggregate == "median":
+            circular = self.padding_mode == "circular"
+            fields = []
+            for (dy, dx), tokens in views:
+                field, valid = shift_back(F.interpolate(tokens, scale_factor=p, mode="nearest"), dy, dx, circular)
+                fields.append(field.masked_fill(valid == 0, float("nan")))
+            return torch.stack(fields).nanmedian(dim=0).values
+        return self.mean_field(views, features)
+
+    def views(self, features: torch.Tensor, image: torch.Tensor, backbone: nn.Module):
+        """Yield ((dy, dx), tokens of the view shifted by (dy, dx)), ``batch_size`` images per backbone call;
+        the unshifted view reuses ``features``."""
         shifts = self.shifts()
         chunk = max(1, self.batch_size // features.shape[0])
         for start in range(0, len(shifts), chunk):
             group = shifts[start : start + chunk]
             todo = [s for s in group if s != (0, 0)]
-            computed = iter(backbone(torch.cat([shift_image(image, dy, dx, self.padding_mode) for dy, dx in todo]))
-                            .split(features.shape[0])) if todo else iter(())
-            for dy, dx in group:
-                tokens = features if (dy, dx) == (0, 0) else next(computed)
-                field, valid = shift_back(F.interpolate(tokens, scale_factor=p, mode="nearest"), dy, dx, circular)
-                if self.aggregate == "mean":
-                    total, count = total + field, count + valid
-                else:
-                    views.append(field.masked_fill(valid == 0, float("nan")))
-        if self.aggregate == "median":
-            return torch.stack(views).nanmedian(dim=0).values
-        return total / count
+            batch = torch.cat([shift_image(image, dy, dx, self.padding_mode) for dy, dx in todo]) if todo else None
+            computed = iter(backbone(batch).split(features.shape[0])) if todo else iter(())
+            for shift in group:
+                yield shift, features if shift == (0, 0) else next(computed)
+
+    def placement(self, tokens: int, shift: int, device: torch.device) -> torch.Tensor:
+        """(tokens P, tokens) 0/1 matrix U: U[y, t] = 1 when pixel y shifted by ``shift`` lies in token t."""
+        pixels = tokens * self.patch_size
+        source = torch.arange(pixels, device=device) + shift
+        if self.padding_mode == "circular":
+            source = source % pixels
+        valid = (source >= 0) & (source < pixels)
+        owner = source.clamp(0, pixels - 1) // self.patch_size
+        return torch.nn.functional.one_hot(owner, tokens).float() * valid[:, None]
+
+    def mean_field(self, views, features: torch.Tensor) -> torch.Tensor:
+        """Mean over views of nearest-upsampled, shifted-back tokens, without a pixel-level copy per view.
+
+        A view's contribution is separable, U_y(dy) T U_x(dx)^T, so the running sums are kept per dy on the
+        (h, W) grid and expanded along the rows once at the end: the cost per view is C h w W, not C H W.
+        """
+        h, w = features.shape[-2:]
+        d, device = self.max_shift, features.device
+        rows = features.new_zeros(2 * d + 1, *features.shape[:2], h, w * self.patch_size)  # per dy: sum T U_x^T
+        count = features.new_zeros(h * self.patch_size, w * self.patch_size)
+        for (dy, dx), tokens in views:
+            u_x = self.placement(w, dx, device)
+            rows[dy + d] += torch.einsum("bcht,xt->bchx", tokens, u_x)
+            count += self.placement(h, dy, device).sum(dim=1)[:, None] * u_x.sum(dim=1)[None, :]
+        u_y = torch.cat([self.placement(h, dy, device) for dy in range(-d, d + 1)], dim=1)  # H, (2d + 1) h
+        stacked = rows.permute(1, 2, 0, 3, 4).reshape(*features.shape[:2], (2 * d + 1) * h, -1)
+        return torch.einsum("yk,bckx->bcyx", u_y, stacked) / count
 
     def upsample_to(self, features: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
                     backbone: nn.Module | None) -> torch.Tensor:
