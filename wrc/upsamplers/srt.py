@@ -115,17 +115,15 @@ class SRT(Upsampler):
         return self.mean_field(views, features)
 
     def views(self, features: torch.Tensor, image: torch.Tensor, backbone: nn.Module):
-        """Yield ((dy, dx), tokens of the view shifted by (dy, dx)), ``batch_size`` images per backbone call;
-        the unshifted view reuses ``features``."""
-        shifts = self.shifts()
+        """Yield ((dy, dx), tokens of the view shifted by (dy, dx)): first the unshifted view, which reuses
+        ``features``, then the others, ``batch_size`` images per backbone call."""
+        yield (0, 0), features
+        shifts = self.shifts()[1:]
         chunk = max(1, self.batch_size // features.shape[0])
         for start in range(0, len(shifts), chunk):
             group = shifts[start : start + chunk]
-            todo = [s for s in group if s != (0, 0)]
-            batch = torch.cat([shift_image(image, dy, dx, self.padding_mode) for dy, dx in todo]) if todo else None
-            computed = iter(backbone(batch).split(features.shape[0])) if todo else iter(())
-            for shift in group:
-                yield shift, features if shift == (0, 0) else next(computed)
+            batch = torch.cat([shift_image(image, dy, dx, self.padding_mode) for dy, dx in group])
+            yield from zip(group, backbone(batch).split(features.shape[0]), strict=True)
 
     def placement(self, tokens: int, shift: int, device: torch.device) -> torch.Tensor:
         """(tokens P, tokens) 0/1 matrix U: U[y, t] = 1 when pixel y shifted by ``shift`` lies in token t."""
@@ -144,21 +142,24 @@ class SRT(Upsampler):
         (h, W) grid and expanded along the rows once at the end: the cost per view is C h w W, not C H W.
         """
         h, w = features.shape[-2:]
-        d, device = self.max_shift, features.device
-        rows = features.new_zeros(2 * d + 1, *features.shape[:2], h, w * self.patch_size)  # per dy: sum T U_x^T
+        rows: dict[int, torch.Tensor] = {}  # dy -> running sum of T U_x(dx)^T, (B, C, h, W)
         count = features.new_zeros(h * self.patch_size, w * self.patch_size)
         for (dy, dx), tokens in views:
-            u_x = self.placement(w, dx, device)
-            rows[dy + d] += torch.einsum("bcht,xt->bchx", tokens, u_x)
-            count += self.placement(h, dy, device).sum(dim=1)[:, None] * u_x.sum(dim=1)[None, :]
-        u_y = torch.cat([self.placement(h, dy, device) for dy in range(-d, d + 1)], dim=1)  # H, (2d + 1) h
-        stacked = rows.permute(1, 2, 0, 3, 4).reshape(*features.shape[:2], (2 * d + 1) * h, -1)
-        return torch.einsum("yk,bckx->bcyx", u_y, stacked) / count
+            u_x = self.placement(w, dx, features.device)
+            contribution = torch.matmul(tokens, u_x.T)
+            rows[dy] = rows[dy] + contribution if dy in rows else contribution
+            count += self.placement(h, dy, features.device).sum(dim=1)[:, None] * u_x.sum(dim=1)[None, :]
+        shifts = sorted(rows)
+        u_y = torch.cat([self.placement(h, dy, features.device) for dy in shifts], dim=1)  # H, (used dy) h
+        stacked = torch.cat([rows[dy] for dy in shifts], dim=-2)  # B, C, (used dy) h, W
+        return torch.matmul(u_y, stacked).div_(count)
 
     def upsample_to(self, features: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
                     backbone: nn.Module | None) -> torch.Tensor:
         field = self.pixel_field(features, image, backbone)
         height, width = field.shape[-2:]
+        if (height, width) == tuple(size):
+            return field
         if size[0] <= height and size[1] <= width and height % size[0] == 0 and width % size[1] == 0:
             return F.avg_pool2d(field, (height // size[0], width // size[1]))  # exact area pooling
         return resize(field, size)
