@@ -1,0 +1,97 @@
+"""Every upsampler at quickstart size: fidelity on held-out scenes and one comparison figure.
+
+    python -m benchmarks.bench_peers [--steps 300] [--device cpu] [--implicit-steps 150]
+
+The quickstart setting (benchmarks/configs/quickstart.json: test_vit with random weights, generated
+scenes, 224 px, batch 8) with each learned method trained by its own objective for the same number
+of steps and seed: WRC (wrc_multicrop), LiFT (lift_multiscale), FeatUp-JBU, resize-conv and
+transposed conv (featup_multiview, as FeatUp trained its baselines). Training-free methods run as
+they are: bilinear, SRT (49 views), strided, FeatUp-Implicit (a short per-image fit: the full 1200
+steps take minutes per image on a CPU), and "large image", which at 2x is exactly the fidelity
+target (an upper bound, not a competitor). Fidelity (evaluation/eval_fidelity.py) is measured against
+the backbone on the 2x larger image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULTS_DIR, publish
+from evaluation.eval_fidelity import fidelity, load_eval_images
+from evaluation.report import figure_rows
+from utils.visualization import save_figure
+from wrc import create_upsampler
+
+QUICKSTART = json.loads((Path(__file__).parent / "configs" / "quickstart.json").read_text())
+MULTIVIEW = {"name": "featup_multiview", "num_jitters": 5, "max_pad": 20, "max_zoom": 2.0}
+LEARNED = {  # name: (model config, objective config)
+    "wrc": (QUICKSTART["model"], QUICKSTART["objective"]),
+    "lift": ({"name": "lift", "image_channels": 32}, {"name": "lift_multiscale", "jitter": {}}),
+    "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),
+    "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
+    "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
+}
+
+
+def train_learned(model: dict, objective: dict, steps: int, device: str):
+    from wrc.training import train
+
+    config = copy.deepcopy(QUICKSTART)
+    config.update(model=copy.deepcopy(model), objective=copy.deepcopy(objective), device=device)
+    config["train"].update(max_steps=steps, log_every=max(1, steps // 10), ckpt_every=10**9)
+    with tempfile.TemporaryDirectory() as tmp:
+        config["run_dir"] = str(Path(tmp) / "run")
+        start = time.perf_counter()
+        result = train(config)
+        return result.backbone, result.upsampler.eval(), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=QUICKSTART["train"]["max_steps"])
+    parser.add_argument("--num-images", type=int, default=16)
+    parser.add_argument("--implicit-steps", type=int, default=150)
+    args = parser.parse_args()
+    images = load_eval_images(None, args.num_images, QUICKSTART["data"]["image_size"])
+    upsamplers, seconds = {}, {}
+    backbone = None
+    for name, (model, objective) in LEARNED.items():
+        backbone, upsamplers[name], seconds[name] = train_learned(model, objective, args.steps, args.device)
+        print(f"trained {name} in {seconds[name]:.0f} s", flush=True)
+    c, p = backbone.embed_dim, backbone.patch_size
+    free = {"bilinear": {}, "srt": {"max_shift": 3}, "strided": {},
+            "featup_implicit": {"steps": args.implicit_steps, "num_jitters": 128, "progress": False},
+            "large_image": {}}
+    for name, kwargs in free.items():
+        upsamplers[name] = create_upsampler(name, c, p, **kwargs).to(args.device).eval()
+    scores = fidelity(backbone, upsamplers, images, scale=2)
+    rows = {name: {**scores[name], "train_seconds": seconds.get(name, 0.0),
+                   "parameters": sum(q.numel() for q in upsamplers[name].parameters())} for name in upsamplers}
+    notes = {"large_image": " (= the target at 2x: upper bound)",
+             "featup_implicit": f" ({args.implicit_steps} fitting steps per image)"}
+    lines = [f"Quickstart setting (test_vit with random weights, generated scenes, 224 px), learned methods trained "
+             f"{args.steps} steps each with their own objective, same seed; fidelity on {len(images)} held-out "
+             "scenes against the backbone at 2x.", "",
+             "| upsampler | objective | cosine (higher is better) | relative L2 (lower is better) | parameters |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for name, r in sorted(rows.items(), key=lambda item: -item[1]["cosine"]):
+        objective = LEARNED[name][1]["name"] if name in LEARNED else "training-free"
+        lines.append(f"| {name}{notes.get(name, '')} | {objective} | {r['cosine']:.4f} | {r['rel_l2']:.4f} | "
+                     f"{r['parameters']:,} |")
+    device = torch.device(args.device)
+    figure = RESULTS_DIR / f"peers_{device.type}.png"
+    save_figure(figure_rows(backbone, upsamplers, images[:3], 2), figure)
+    lines += ["", f"Figure: `{figure.name}` (PCA of the features and the similarity to one query point, per method)."]
+    publish(f"peers_{device.type}", device, rows, lines, steps=args.steps)
+
+
+if __name__ == "__main__":
+    main()
