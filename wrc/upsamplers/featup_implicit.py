@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ from wrc.layers.downsamplers import AttentionDownsampler
 from wrc.objectives.featup_multiview import ScaleNet, gaussian_nll, total_variation
 from wrc.upsamplers.base import Upsampler, register_upsampler
 from wrc.upsamplers.stack import resize
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def nyquist(pixels: int) -> float:
@@ -101,6 +107,7 @@ class FittedField:
     mean: torch.Tensor  # (C,)
     components: torch.Tensor  # (C, k)
     losses: list[float]
+    seconds: dict[str, float]  # "views" (jitter bank and PCA) and "steps" (the optimisation)
 
 
 @register_upsampler
@@ -183,6 +190,7 @@ class FeatUpImplicit(Upsampler):
         """Fit one image: features (1, C, h, w), image (1, 3, h P, w P)."""
         s, device = self.settings, features.device
         self.fits += 1
+        started = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(s["seed"])
             jitters = [sample_jitter(*image.shape[-2:], s["max_pad"], s["max_zoom"]) for _ in range(s["num_jitters"])]
@@ -202,6 +210,8 @@ class FeatUpImplicit(Upsampler):
             optimizer = torch.optim.NAdam(params, lr=s["lr"])
             grid = tuple(views.shape[-2:])
             losses = []
+            _synchronize(device)
+            views_done = time.perf_counter()
             for _ in tqdm(range(s["steps"]), desc="featup_implicit fit", disable=not self.progress, leave=False):
                 hr = field(image)  # 1, k, H, W
                 picks = torch.randint(len(jitters), (s["views_per_step"],)).tolist()
@@ -214,8 +224,10 @@ class FeatUpImplicit(Upsampler):
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
+        _synchronize(device)
+        seconds = {"views": views_done - started, "steps": time.perf_counter() - views_done}
         state = {name: t.detach().cpu() for name, t in field.state_dict().items()}
-        return FittedField(state, mean.cpu(), components.cpu(), losses)
+        return FittedField(state, mean.cpu(), components.cpu(), losses, seconds)
 
     # -- querying -----------------------------------------------------------------------------------------------
 
