@@ -1,15 +1,16 @@
 """Every upsampler at quickstart size: fidelity on held-out scenes and one comparison figure.
 
-    python -m benchmarks.bench_peers [--steps 300] [--device cpu] [--implicit-steps 150]
+    python -m benchmarks.bench_peers [--steps 300] [--image-size 224] [--device cpu] [--implicit-steps 150]
 
 The quickstart setting (benchmarks/configs/quickstart.json: test_vit with random weights, generated
-scenes, 224 px, batch 8) with each learned method trained by its own objective for the same number
-of steps and seed: WRC (wrc_multicrop), LiFT (lift_multiscale), FeatUp-JBU, resize-conv and
-transposed conv (featup_multiview, as FeatUp trained its baselines). Training-free methods run as
-they are: bilinear, SRT (49 views), strided, FeatUp-Implicit (a short per-image fit: the full 1200
-steps take minutes per image on a CPU), and "large image", which at 2x is exactly the fidelity
-target (an upper bound, not a competitor). Fidelity (evaluation/eval_fidelity.py) is measured against
-the backbone on the 2x larger image.
+scenes, batch 8; 224 px unless --image-size says otherwise: FeatUp's objective works on the pixel
+grid, several seconds per step at 224 on two CPU cores). Each learned method is trained by its own
+objective for the same number of steps and seed: WRC (wrc_multicrop), LiFT (lift_multiscale),
+FeatUp-JBU, resize-conv and transposed conv (featup_multiview, as FeatUp trained its baselines).
+Training-free methods run as they are: bilinear, SRT (49 views), strided, FeatUp-Implicit (a short
+per-image fit: the full 1200 steps take minutes per image on a CPU), and "large image", which at 2x
+is exactly the fidelity target (an upper bound, not a competitor). Fidelity
+(evaluation/eval_fidelity.py) is measured against the backbone on the 2x larger image.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ LEARNED = {  # name: (model config, objective config)
 }
 
 
-def train_learned(model: dict, objective: dict, steps: int, device: str):
+def train_learned(model: dict, objective: dict, steps: int, device: str, image_size: int):
     from wrc.training import train
 
     config = copy.deepcopy(QUICKSTART)
     config.update(model=copy.deepcopy(model), objective=copy.deepcopy(objective), device=device)
+    config["data"]["image_size"] = image_size
     config["train"].update(max_steps=steps, log_every=max(1, steps // 10), ckpt_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
         config["run_dir"] = str(Path(tmp) / "run")
@@ -59,12 +61,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=QUICKSTART["train"]["max_steps"])
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--implicit-steps", type=int, default=150)
+    parser.add_argument("--image-size", type=int, default=QUICKSTART["data"]["image_size"])
     args = parser.parse_args()
-    images = load_eval_images(None, args.num_images, QUICKSTART["data"]["image_size"])
+    images = load_eval_images(None, args.num_images, args.image_size)
     upsamplers, seconds = {}, {}
     backbone = None
     for name, (model, objective) in LEARNED.items():
-        backbone, upsamplers[name], seconds[name] = train_learned(model, objective, args.steps, args.device)
+        backbone, upsamplers[name], seconds[name] = train_learned(model, objective, args.steps, args.device,
+                                                                  args.image_size)
         print(f"trained {name} in {seconds[name]:.0f} s", flush=True)
     c, p = backbone.embed_dim, backbone.patch_size
     free = {"bilinear": {}, "srt": {"max_shift": 3}, "strided": {},
@@ -77,7 +81,8 @@ def main() -> None:
                    "parameters": sum(q.numel() for q in upsamplers[name].parameters())} for name in upsamplers}
     notes = {"large_image": " (= the target at 2x: upper bound)",
              "featup_implicit": f" ({args.implicit_steps} fitting steps per image)"}
-    lines = [f"Quickstart setting (test_vit with random weights, generated scenes, 224 px), learned methods trained "
+    lines = [f"Quickstart setting (test_vit with random weights, generated scenes, {args.image_size} px), learned "
+             "methods trained "
              f"{args.steps} steps each with their own objective, same seed; fidelity on {len(images)} held-out "
              "scenes against the backbone at 2x.", "",
              "| upsampler | objective | cosine (higher is better) | relative L2 (lower is better) | parameters |",
@@ -90,7 +95,7 @@ def main() -> None:
     figure = RESULTS_DIR / f"peers_{device.type}.png"
     save_figure(figure_rows(backbone, upsamplers, images[:3], 2), figure)
     lines += ["", f"Figure: `{figure.name}` (PCA of the features and the similarity to one query point, per method)."]
-    publish(f"peers_{device.type}", device, rows, lines, steps=args.steps)
+    publish(f"peers_{device.type}", device, rows, lines, steps=args.steps, image_size=args.image_size)
 
 
 if __name__ == "__main__":
