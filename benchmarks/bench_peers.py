@@ -16,21 +16,16 @@ is exactly the fidelity target (an upper bound, not a competitor). Fidelity
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import tempfile
-import time
-from pathlib import Path
 
 import torch
 
 from benchmarks.common import RESULTS_DIR, publish
+from benchmarks.quickstart import QUICKSTART, train_variant
 from evaluation.eval_fidelity import fidelity, load_eval_images
 from evaluation.report import figure_rows
 from utils.visualization import save_figure
 from wrc import create_upsampler
 
-QUICKSTART = json.loads((Path(__file__).parent / "configs" / "quickstart.json").read_text())
 MULTIVIEW = {"name": "featup_multiview", "num_jitters": 5, "max_pad": 20, "max_zoom": 2.0}
 LEARNED = {  # name: (model config, objective config)
     "wrc": (QUICKSTART["model"], QUICKSTART["objective"]),
@@ -39,20 +34,6 @@ LEARNED = {  # name: (model config, objective config)
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
 }
-
-
-def train_learned(model: dict, objective: dict, steps: int, device: str, image_size: int):
-    from wrc.training import train
-
-    config = copy.deepcopy(QUICKSTART)
-    config.update(model=copy.deepcopy(model), objective=copy.deepcopy(objective), device=device)
-    config["data"]["image_size"] = image_size
-    config["train"].update(max_steps=steps, log_every=max(1, steps // 10), ckpt_every=10**9)
-    with tempfile.TemporaryDirectory() as tmp:
-        config["run_dir"] = str(Path(tmp) / "run")
-        start = time.perf_counter()
-        result = train(config)
-        return result.backbone, result.upsampler.eval(), time.perf_counter() - start
 
 
 def main() -> None:
@@ -67,8 +48,8 @@ def main() -> None:
     upsamplers, seconds = {}, {}
     backbone = None
     for name, (model, objective) in LEARNED.items():
-        backbone, upsamplers[name], seconds[name] = train_learned(model, objective, args.steps, args.device,
-                                                                  args.image_size)
+        backbone, upsamplers[name], seconds[name] = train_variant({"model": model, "objective": objective},
+                                                                  args.steps, args.device, args.image_size)
         print(f"trained {name} in {seconds[name]:.0f} s", flush=True)
     c, p = backbone.embed_dim, backbone.patch_size
     free = {"bilinear": {}, "srt": {"max_shift": 3}, "strided": {},

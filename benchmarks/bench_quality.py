@@ -13,19 +13,14 @@ against the backbone on the 2x larger image (evaluation/eval_fidelity.py).
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import tempfile
-import time
-from pathlib import Path
 
 import torch
 
 from benchmarks.common import publish
+from benchmarks.quickstart import QUICKSTART, train_variant
 from evaluation.eval_fidelity import fidelity, load_eval_images
 from wrc import create_upsampler
 
-QUICKSTART = json.loads((Path(__file__).parent / "configs" / "quickstart.json").read_text())
 WRC = QUICKSTART["model"]
 VARIANTS: dict[str, dict] = {
     "wrc (k=2, exact block solve)": {"model": WRC},
@@ -35,20 +30,6 @@ VARIANTS: dict[str, dict] = {
     "wrc k=4, exact (PCG, tol 1e-4)": {"model": {**WRC, "kernel_size": 4, "iterations": 20, "tol": 1.0e-4}},
     "wrc k=4, iterations=0 (one-step approximation)": {"model": {**WRC, "kernel_size": 4, "iterations": 0}},
 }
-
-
-def train_variant(overrides: dict, steps: int, device: str) -> tuple[object, object, float]:
-    from wrc.training import train
-
-    config = copy.deepcopy(QUICKSTART)
-    config.update(copy.deepcopy(overrides))
-    config["device"] = device
-    config["train"].update(max_steps=steps, log_every=max(1, steps // 10), ckpt_every=10**9)
-    with tempfile.TemporaryDirectory() as tmp:
-        config["run_dir"] = str(Path(tmp) / "run")
-        start = time.perf_counter()
-        result = train(config)
-        return result.backbone, result.upsampler.eval(), time.perf_counter() - start
 
 
 def main() -> None:

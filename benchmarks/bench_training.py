@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import peak_rss_mib, publish
+from benchmarks.quickstart import QUICKSTART
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = json.loads((Path(__file__).parent / "configs" / "quickstart.json").read_text())
 VARIANTS = {
     "quickstart (wrc, wrc_multicrop)": {},
     "lift, lift_multiscale": {"model": {"name": "lift", "image_channels": 32},
