@@ -20,6 +20,18 @@ pytestmark = pytest.mark.skipif(not torch_wrc.is_available(),
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and torch_wrc.has_cuda_kernels() else [])
 
 
+def assert_gradients_match(fused, reference, args, rtol: float, atol: float) -> None:
+    """The input gradients of fused(*args) and reference(*args) under one random upstream gradient."""
+    leaves_f = [a.clone().requires_grad_() for a in args]
+    leaves_r = [a.clone().requires_grad_() for a in args]
+    out = fused(*leaves_f)
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    (reference(*leaves_r) * grad).sum().backward()
+    for f, r in zip(leaves_f, leaves_r, strict=True):
+        torch.testing.assert_close(f.grad, r.grad, rtol=rtol, atol=atol)
+
+
 def block_problem(device, dtype, scale=2, b=2, c=3, h=5, w=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     tensors = [torch.randn(b, c, h, w, generator=g), torch.randn(b, c, h * scale, w * scale, generator=g),
@@ -42,13 +54,7 @@ def test_parity_with_the_reference_fp32(device, scale):
     fused = torch.ops.wrc.block_solve(*args)
     reference = block_solve_reference(*args)
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(fused)
-    leaves_f = [a.clone().requires_grad_() for a in args]
-    leaves_r = [a.clone().requires_grad_() for a in args]
-    (torch.ops.wrc.block_solve(*leaves_f) * grad).sum().backward()
-    (block_solve_reference(*leaves_r) * grad).sum().backward()
-    for f, r in zip(leaves_f, leaves_r, strict=True):
-        torch.testing.assert_close(f.grad, r.grad, rtol=1e-5, atol=1e-5)
+    assert_gradients_match(torch.ops.wrc.block_solve, block_solve_reference, args, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -158,13 +164,7 @@ def test_spectral_opcheck(device, dtype, width):
 def test_spectral_parity_with_the_reference_fp32(device, width):
     args = spectral_problem(device, torch.float32, w=width)
     torch.testing.assert_close(torch.ops.wrc.lr_spectral_solve(*args), spectral_reference(*args), rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(args[0])
-    leaves_f = [a.clone().requires_grad_() for a in args]
-    leaves_r = [a.clone().requires_grad_() for a in args]
-    (torch.ops.wrc.lr_spectral_solve(*leaves_f) * grad).sum().backward()
-    (spectral_reference(*leaves_r) * grad).sum().backward()
-    for f, r in zip(leaves_f, leaves_r, strict=True):
-        torch.testing.assert_close(f.grad, r.grad, rtol=1e-4, atol=1e-5)
+    assert_gradients_match(torch.ops.wrc.lr_spectral_solve, spectral_reference, args, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -10,14 +10,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "launch.cuh"
 #include "../checks.h"
 
 namespace wrc {
 namespace {
-
-constexpr int kThreads = 256;
-
-unsigned int num_blocks(int64_t total) { return static_cast<unsigned int>((total + kThreads - 1) / kThreads); }
 
 // One thread per output element (b, c, y, x), x fastest: input reads are coalesced.
 template <typename scalar_t>

@@ -6,13 +6,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "launch.cuh"
 #include "../block_solve.h"
 #include "../checks.h"
 
 namespace wrc {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 __global__ void block_solve_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ z,
@@ -43,8 +42,6 @@ __global__ void block_solve_backward_kernel(const scalar_t* __restrict__ grad, c
   block_backward(grad + hr, z + hr, w_high + hr, kernel + c * s * s, y[cell], w_low[cell], i, j, s, w * s,
                  grad_z + hr, grad_wh + hr, grad_y + cell, grad_wl + cell, kappa_grad);
 }
-
-unsigned int num_blocks(int64_t total) { return static_cast<unsigned int>((total + kThreads - 1) / kThreads); }
 
 at::Tensor block_solve_cuda(const at::Tensor& y_, const at::Tensor& z_, const at::Tensor& kernel_,
                             const at::Tensor& w_low_, const at::Tensor& w_high_) {

@@ -6,15 +6,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "launch.cuh"
 #include "../checks.h"
 #include "../decimate.h"
 
 namespace wrc {
 namespace {
-
-constexpr int kThreads = 256;
-
-unsigned int blocks_for(int64_t total) { return static_cast<unsigned int>((total + kThreads - 1) / kThreads); }
 
 template <typename scalar_t>
 __global__ void decimate_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ kernel,
@@ -63,7 +60,7 @@ at::Tensor decimate_cuda(const at::Tensor& x_, const at::Tensor& kernel_, int64_
   const int64_t k = kernel.size(1), total = y.numel();
   if (total == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "wrc::decimate_cuda", [&] {
-    decimate_kernel<scalar_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    decimate_kernel<scalar_t><<<num_blocks(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), y.size(1), y.size(2), y.size(3),
         s, k, (k - s) / 2, total);
   });
@@ -80,7 +77,7 @@ at::Tensor decimate_adjoint_cuda(const at::Tensor& y_, const at::Tensor& kernel_
   const int64_t k = kernel.size(1), total = x.numel();
   if (total == 0) return x;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "wrc::decimate_adjoint_cuda", [&] {
-    adjoint_kernel<scalar_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    adjoint_kernel<scalar_t><<<num_blocks(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         y.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.size(1), y.size(2), y.size(3),
         s, k, (k - s) / 2, total);
   });

@@ -6,13 +6,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "launch.cuh"
 #include "../checks.h"
 #include "../spectral.h"
 
 namespace wrc {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 __global__ void multiply_kernel(c10::complex<scalar_t>* __restrict__ spectrum, const scalar_t* __restrict__ eig,
@@ -75,7 +74,7 @@ at::Tensor lr_spectral_solve_cuda(const at::Tensor& t, const at::Tensor& eig_, c
   if (total > 0) {
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "wrc::lr_spectral_solve_cuda", [&] {
-      multiply_kernel<scalar_t><<<static_cast<unsigned int>((total + kThreads - 1) / kThreads), kThreads, 0,
+      multiply_kernel<scalar_t><<<num_blocks(total), kThreads, 0,
                                   stream>>>(spectrum.data_ptr<c10::complex<scalar_t>>(), eig.data_ptr<scalar_t>(),
                                             lam.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), C, F, total);
     });
