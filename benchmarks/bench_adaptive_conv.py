@@ -17,7 +17,14 @@ import json
 
 import torch
 
-from benchmarks.common import current_rss_mib, peak_rss_mib, publish, reset_peak_rss, subprocess_peak_mib, time_call
+from benchmarks.common import (
+    cuda_peak_mib,
+    publish,
+    require_extension,
+    rss_peak_mib,
+    subprocess_peak_mib,
+    time_call,
+)
 
 TABLE6 = [(1, 14, 14, 2048, 5), (1, 512, 512, 3, 5), (16, 32, 32, 2048, 5), (64, 14, 14, 2048, 5),
           (64, 64, 64, 16, 5), (64, 64, 64, 16, 7), (32, 512, 512, 3, 5), (64, 224, 224, 3, 5)]
@@ -48,13 +55,7 @@ def call(impl: str, x: torch.Tensor, f: torch.Tensor, backward: bool) -> None:
 def peak_mib(impl: str, shape, device: torch.device, backward: bool) -> float:
     if device.type == "cuda":
         x, f = make_inputs(shape, device, backward)
-        call(impl, x, f, backward)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        call(impl, x, f, backward)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return cuda_peak_mib(lambda: call(impl, x, f, backward))
     return subprocess_peak_mib("benchmarks.bench_adaptive_conv", [impl, list(shape), backward])
 
 
@@ -63,11 +64,7 @@ def memory_worker(spec: str) -> None:
     import torch_wrc  # noqa: F401
 
     x, f = make_inputs(shape, torch.device("cpu"), backward)
-    call(impl, x, f, backward)  # warm-up: lazy set-up and the .grad buffers are not the op's cost
-    base = current_rss_mib()
-    reset_peak_rss()
-    call(impl, x, f, backward)
-    print(peak_rss_mib() - base)
+    print(rss_peak_mib(lambda: call(impl, x, f, backward)))
 
 
 def bench_shape(shape, device: torch.device, repeat: int) -> dict:
@@ -109,10 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.memory_worker:
         return memory_worker(args.memory_worker)
-    import torch_wrc
-
-    if not torch_wrc.is_available():
-        raise SystemExit(f"torch_wrc is not available ({torch_wrc.unavailable_reason()}): build it first")
+    require_extension()
     device = torch.device(args.device)
     shapes = [*TABLE6, JBU_LAST_LAYER] if args.full or device.type == "cuda" else CPU_DEFAULT
     rows = [bench_shape(shape, device, args.repeat) for shape in shapes]

@@ -23,10 +23,10 @@ import math
 import torch
 
 from benchmarks.common import (
-    current_rss_mib,
-    peak_rss_mib,
+    cuda_peak_mib,
     publish,
-    reset_peak_rss,
+    require_extension,
+    rss_peak_mib,
     subprocess_peak_mib,
     time_call,
 )
@@ -96,13 +96,7 @@ def peak_memory_mib(op: str, impl: str, batch: int, channels: int, grid: int, de
     """Extra memory at the peak of one call above its inputs."""
     if device.type == "cuda":
         args = OPS[op][0](batch, channels, grid, device, requires_grad=backward)
-        call(op, impl, args, backward)  # warm-up, as on the CPU
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        call(op, impl, args, backward)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return cuda_peak_mib(lambda: call(op, impl, args, backward))
     return subprocess_peak_mib("benchmarks.bench_wrc_ops", [op, impl, batch, channels, grid, backward])
 
 
@@ -121,11 +115,7 @@ def memory_worker(spec: str) -> None:
     import torch_wrc  # noqa: F401  (load the ops before measuring)
 
     args = OPS[op][0](batch, channels, grid, torch.device("cpu"), requires_grad=backward)
-    call(op, impl, args, backward)  # warm-up: lazy library set-up and the .grad buffers are not the solve's cost
-    base = current_rss_mib()
-    reset_peak_rss()
-    call(op, impl, args, backward)
-    print(peak_rss_mib() - base)
+    print(rss_peak_mib(lambda: call(op, impl, args, backward)))
 
 
 def bench_extension(op: str, device: torch.device, grids: list[int], batches: list[int], repeat: int) -> list[dict]:
@@ -256,10 +246,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.memory_worker:
         return memory_worker(args.memory_worker)
-    import torch_wrc
-
-    if not torch_wrc.is_available():
-        raise SystemExit(f"torch_wrc is not available ({torch_wrc.unavailable_reason()}): build it first")
+    require_extension()
     device = torch.device(args.device)
     repeat = 5 if args.quick else 10
     results = {

@@ -71,6 +71,35 @@ def reset_peak_rss() -> None:
         handle.write("5")
 
 
+def require_extension() -> None:
+    """Exit with a clear message when the torch_wrc extension is not built (the benchmark compares it)."""
+    import torch_wrc
+
+    if not torch_wrc.is_available():
+        raise SystemExit(f"torch_wrc is not available ({torch_wrc.unavailable_reason()}): build it first")
+
+
+def cuda_peak_mib(call: Callable[[], object]) -> float:
+    """Extra CUDA memory at the peak of ``call()`` above what is allocated before it (after one warm-up)."""
+    call()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    call()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def rss_peak_mib(call: Callable[[], object]) -> float:
+    """Extra resident memory at the peak of ``call()`` (after one warm-up: lazy set-up and .grad buffers are not
+    the call's cost); run it in a fresh process (``subprocess_peak_mib``)."""
+    call()
+    base = current_rss_mib()
+    reset_peak_rss()
+    call()
+    return peak_rss_mib() - base
+
+
 def subprocess_peak_mib(module: str, spec: object) -> float:
     """Run ``python -m <module> --memory-worker <spec as JSON>`` in a fresh process and return the last number it
     prints (the worker's peak RSS above its inputs, measured with ``reset_peak_rss`` / ``peak_rss_mib``)."""
