@@ -13,7 +13,7 @@ from PIL import Image
 
 from evaluation.probe import train_probe
 from tests.conftest import REPO_ROOT
-from tests.test_eval_datasets import save_label, save_rgb
+from tests.helpers.fake_datasets import save_label, save_rgb
 
 
 def fake_voc(root, ids=("a", "b", "c"), values=(0, 1, 15, 255)):
