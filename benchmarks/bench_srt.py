@@ -12,20 +12,13 @@ cost does not depend on them.
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
-from benchmarks.common import publish, time_call
+from benchmarks.common import loglog_slope, publish, time_call
 from wrc import create_upsampler
 from wrc.backbone import FrozenBackbone
 from wrc.upsamplers.srt import shift_image
-
-
-def slope(xs: list[float], ys: list[float]) -> float:
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
 
 
 def main() -> None:
@@ -60,7 +53,7 @@ def main() -> None:
                "overhead_of_backbone": (srt_ms - backbone_ms) / backbone_ms if backbone_ms else None}
         print(row, flush=True)
         rows.append(row)
-    exponent = slope([r["views"] for r in rows if r["views"] > 1], [r["srt_ms"] for r in rows if r["views"] > 1])
+    exponent = loglog_slope([r["views"] for r in rows if r["views"] > 1], [r["srt_ms"] for r in rows if r["views"] > 1])
     lines = [f"{args.backbone} (random weights), {args.size}x{args.size}, 1 image, max_shift 3, views batched "
              f"{args.batch_size} per backbone call, output at pixel resolution. The unshifted view reuses the "
              f"given features, so n views cost n - 1 backbone passes. Fastest of {args.repeat} calls.", "",

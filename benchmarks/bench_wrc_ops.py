@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 
 import torch
 
 from benchmarks.common import (
     cuda_peak_mib,
+    loglog_slope,
     publish,
     require_extension,
     rss_peak_mib,
@@ -178,16 +178,12 @@ def bench_scaling(device: torch.device, impl: str, quick: bool) -> dict:
         by_channels.append({"channels": c, "ms": ms,
                             "peak_mib": peak_memory_mib("block_solve", impl, 1, c, 32, device, False)})
 
-    def exponent(xs, ys):
-        lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-        mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-        return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
-
     return {"impl": impl, "by_size": by_size, "by_channels": by_channels,
-            "time_exponent_vs_output_cells": exponent([r["output_cells"] for r in by_size], [r["ms"] for r in by_size]),
-            "memory_exponent_vs_output_cells": exponent([r["output_cells"] for r in by_size],
+            "time_exponent_vs_output_cells": loglog_slope([r["output_cells"] for r in by_size],
+                                                          [r["ms"] for r in by_size]),
+            "memory_exponent_vs_output_cells": loglog_slope([r["output_cells"] for r in by_size],
                                                         [max(r["peak_mib"], 1e-3) for r in by_size]),
-            "time_exponent_vs_channels": exponent([r["channels"] for r in by_channels],
+            "time_exponent_vs_channels": loglog_slope([r["channels"] for r in by_channels],
                                                   [r["ms"] for r in by_channels])}
 
 

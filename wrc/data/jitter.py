@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from wrc.ops.padding import pad2d
+
 
 @dataclass(frozen=True)
 class Jitter:
@@ -39,9 +41,7 @@ def sample_jitter(height: int, width: int, max_pad: int, max_zoom: float, flips:
 def apply_jitter(t: torch.Tensor, jitter: Jitter) -> torch.Tensor:
     """Apply ``jitter`` to (B, C, H, W); the output keeps the input's size."""
     height, width = t.shape[-2:]
-    if jitter.pad:
-        mode = "reflect" if jitter.pad < min(height, width) else "replicate"
-        t = F.pad(t, (jitter.pad,) * 4, mode=mode)
+    t = pad2d(t, jitter.pad, "reflect")
     if jitter.zoom > 1:
         size = (math.floor(t.shape[-2] * jitter.zoom), math.floor(t.shape[-1] * jitter.zoom))
         t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from wrc.ops.extension import extension_enabled, reference_only  # noqa: F401  (reference_only: re-exported)
+from wrc.ops.padding import pad2d
 
 PADDING_MODES = ("reflect", "replicate", "circular")
 _EXTENSION_DTYPES = (torch.float32, torch.float64)
@@ -200,13 +201,9 @@ def _check_pair(y: torch.Tensor, z: torch.Tensor, scale: int) -> None:
 
 
 def _pad(t: torch.Tensor, cells: int, mode: str) -> torch.Tensor:
-    if cells == 0:
-        return t
-    if mode not in PADDING_MODES:
+    if cells and mode not in PADDING_MODES:
         raise ValueError(f"padding_mode={mode!r}; expected one of {PADDING_MODES}")
-    if mode == "reflect" and cells >= min(t.shape[-2:]):
-        mode = "replicate"  # reflect needs more cells than it pads; replicate is the documented fallback
-    return F.pad(t, (cells, cells, cells, cells), mode=mode)
+    return pad2d(t, cells, mode)
 
 
 def _crop(x: torch.Tensor, cells: int) -> torch.Tensor:

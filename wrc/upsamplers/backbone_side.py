@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wrc.upsamplers.base import Upsampler, register_upsampler
-from wrc.upsamplers.stack import resize
+from wrc.upsamplers.base import Upsampler, register_upsampler, resize
 
 
 @register_upsampler

@@ -18,6 +18,14 @@ from torch import nn
 _REGISTRY: dict[str, type[Upsampler]] = {}
 
 
+def resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize to ``size``; antialiased when any side shrinks, a no-op when the size already matches."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    shrinking = t.shape[-2] > size[0] or t.shape[-1] > size[1]
+    return F.interpolate(t, size=size, mode=mode, align_corners=False, antialias=shrinking)
+
+
 class Upsampler(nn.Module):
     """Base class: subclasses set the class attributes and implement ``upsample_step`` or ``upsample_to``.
 
@@ -63,10 +71,7 @@ class Upsampler(nn.Module):
         out = features
         while out.shape[-2] * self.scale <= size[0] and out.shape[-1] * self.scale <= size[1]:
             out = self.upsample_step(out, image)
-        if out.shape[-2:] != size:
-            downsampling = out.shape[-2] > size[0] or out.shape[-1] > size[1]
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False, antialias=downsampling)
-        return out
+        return resize(out, size)
 
     def upsample_step(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """One native step: (B, C, h, w) -> (B, C, scale*h, scale*w). Fixed-factor methods override this."""

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wrc.upsamplers.base import register_upsampler
+from wrc.upsamplers.base import register_upsampler, resize
 from wrc.upsamplers.lift import GuidanceNormalize
-from wrc.upsamplers.stack import StackedUpsampler, resize
+from wrc.upsamplers.stack import StackedUpsampler
 
 
 @register_upsampler

@@ -33,8 +33,7 @@ from tqdm.auto import tqdm
 from wrc.data.jitter import apply_jitter, sample_jitter
 from wrc.layers.downsamplers import AttentionDownsampler
 from wrc.objectives.featup_multiview import ScaleNet, gaussian_nll, total_variation
-from wrc.upsamplers.base import Upsampler, register_upsampler
-from wrc.upsamplers.stack import resize
+from wrc.upsamplers.base import Upsampler, register_upsampler, resize
 
 
 def _synchronize(device: torch.device) -> None:

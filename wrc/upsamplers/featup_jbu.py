@@ -20,15 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrc.ops.adaptive_conv import adaptive_conv
-from wrc.upsamplers.base import register_upsampler
+from wrc.ops.padding import pad2d
+from wrc.upsamplers.base import register_upsampler, resize
 from wrc.upsamplers.lift import GuidanceNormalize
-from wrc.upsamplers.stack import StackedUpsampler, resize
-
-
-def reflect_pad(t: torch.Tensor, radius: int) -> torch.Tensor:
-    """Reflect padding, falling back to replicate on grids too small to reflect ``radius`` cells."""
-    mode = "reflect" if radius < min(t.shape[-2:]) else "replicate"
-    return F.pad(t, (radius,) * 4, mode=mode)
+from wrc.upsamplers.stack import StackedUpsampler
 
 
 class JointBilateralLayer(nn.Module):
@@ -62,7 +57,7 @@ class JointBilateralLayer(nn.Module):
         """(B, (2r+1)^2, H, W): positive, sums to one over the taps at every pixel (tap t = i * d + j)."""
         keys = self.range_mlp(guidance)
         height, width = keys.shape[-2:]
-        padded = reflect_pad(keys, self.radius)
+        padded = pad2d(keys, self.radius, "reflect")
         logits = torch.stack([(keys * padded[..., i : i + height, j : j + width]).sum(dim=1)
                               for i in range(self.diameter) for j in range(self.diameter)], dim=1)
         range_kernel = torch.softmax(logits * self.range_temperature.exp().clamp(1e-4, 1e4), dim=1)
@@ -78,7 +73,7 @@ class JointBilateralLayer(nn.Module):
             kernel = kernel + 0.1 * self.fixup(torch.cat([kernel, guidance], dim=1))
         up = F.interpolate(features, size=(height, width), mode="bicubic", align_corners=False)
         filters = kernel.permute(0, 2, 3, 1).reshape(kernel.shape[0], height, width, self.diameter, self.diameter)
-        return adaptive_conv(reflect_pad(up, self.radius), filters.to(up.dtype).contiguous())
+        return adaptive_conv(pad2d(up, self.radius, "reflect"), filters.to(up.dtype).contiguous())
 
 
 @register_upsampler

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wrc.upsamplers.base import Upsampler, register_upsampler
-from wrc.upsamplers.stack import resize
+from wrc.upsamplers.base import Upsampler, register_upsampler, resize
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 AGGREGATES = ("mean", "median")

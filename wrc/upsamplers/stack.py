@@ -10,18 +10,9 @@ uses only the first layer.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from wrc.upsamplers.base import Upsampler
-
-
-def resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize to ``size``; antialiased when any side shrinks, a no-op when the size already matches."""
-    if tuple(t.shape[-2:]) == tuple(size):
-        return t
-    shrinking = t.shape[-2] > size[0] or t.shape[-1] > size[1]
-    return F.interpolate(t, size=size, mode=mode, align_corners=False, antialias=shrinking)
+from wrc.upsamplers.base import Upsampler, resize
 
 
 class StackedUpsampler(Upsampler):
