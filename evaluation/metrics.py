@@ -110,3 +110,48 @@ class DepthMetrics:
         if not self.images:
             raise ValueError("no image had a valid depth pixel")
         return {key: value / self.images for key, value in self.sums.items()} | {"images": self.images}
+
+
+def class_boundaries(labels: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) integer map -> boolean map of pixels whose right or lower neighbour has another class."""
+    edges = torch.zeros_like(labels, dtype=torch.bool)
+    edges[..., :, :-1] |= labels[..., :, 1:] != labels[..., :, :-1]
+    edges[..., :-1, :] |= labels[..., 1:, :] != labels[..., :-1, :]
+    return edges
+
+
+class BoundaryFScore:
+    """Boundary precision, recall and F-score over a whole split (counts summed over images).
+
+    A predicted boundary pixel is correct when a label boundary lies within ``tolerance`` pixels
+    (Chebyshev distance), and a label boundary pixel is found when a predicted one lies that close.
+    An image without any boundary in either map adds nothing.
+    """
+
+    def __init__(self, tolerance: int = 2) -> None:
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0 pixels; got {tolerance}")
+        self.tolerance = tolerance
+        self.matched_pred = self.pred_total = self.matched_label = self.label_total = 0
+
+    def _near(self, edges: torch.Tensor) -> torch.Tensor:
+        k = 2 * self.tolerance + 1
+        return torch.nn.functional.max_pool2d(edges[:, None].float(), k, 1, self.tolerance)[:, 0] > 0
+
+    def update(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
+        """prediction and label: integer maps (B, H, W) or (H, W)."""
+        if prediction.shape != label.shape:
+            raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in shape")
+        pred_edges = class_boundaries(prediction.reshape(-1, *prediction.shape[-2:]).cpu())
+        label_edges = class_boundaries(label.reshape(-1, *label.shape[-2:]).cpu())
+        self.matched_pred += int((pred_edges & self._near(label_edges)).sum())
+        self.pred_total += int(pred_edges.sum())
+        self.matched_label += int((label_edges & self._near(pred_edges)).sum())
+        self.label_total += int(label_edges.sum())
+
+    def compute(self) -> dict[str, float]:
+        precision = self.matched_pred / self.pred_total if self.pred_total else 0.0
+        recall = self.matched_label / self.label_total if self.label_total else 0.0
+        total = precision + recall
+        return {"boundary_precision": precision, "boundary_recall": recall,
+                "boundary_f": 2 * precision * recall / total if total else 0.0}

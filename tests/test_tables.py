@@ -54,3 +54,21 @@ def test_fidelity_table_from_fidelity_records(tmp_path):
                                                 "wrc": {"cosine": cosine, "rel_l2": 0.2}}}))
     markdown, _ = build_table(collect([tmp_path]), "fidelity", ["cosine"])
     assert markdown.splitlines()[2:] == ["| bilinear | 0.8000 ± 0.0000 |", "| wrc | 0.9100 ± 0.0100 |"]
+
+
+def test_paper_table_by_name_filters_datasets_and_notes_missing_parts(tmp_path, capsys):
+    from evaluation.tables import PAPER_TABLES, paper_table
+
+    write_probe(tmp_path / "a", {"name": "bilinear"}, "coco_stuff27", 0, 0.40)
+    write_probe(tmp_path / "b", {"name": "bilinear"}, "voc2012", 0, 0.80)  # not part of FeatUp's Table 1
+    (tmp_path / "a" / "result.json").write_text(json.dumps({
+        "protocol": "linear_probe_segmentation", "dataset": "coco_stuff27", "model": {"name": "bilinear"},
+        "metrics": {"miou": 0.40, "pixel_accuracy": 0.70}}))
+    markdown, table_csv = paper_table(collect([tmp_path]), "featup-table1")
+    assert "**segmentation (coco_stuff27)**" in markdown and "| bilinear | 40.00 | 70.00 |" in markdown
+    assert "voc2012" not in markdown and "**depth (nyuv2)**: no results yet" in markdown
+    assert "coco_stuff27 miou" in table_csv
+    with pytest.raises(ValueError, match="no results found for any part of srt-table2"):
+        paper_table(collect([tmp_path]), "srt-table2")
+    assert main(["featup-table1", str(tmp_path)]) == 0 and "coco_stuff27 pixel_accuracy" in capsys.readouterr().out
+    assert {"wrc-table1", "featup-table1", "srt-table2", "jafar-probes", "synthetic"} <= set(PAPER_TABLES)

@@ -125,16 +125,21 @@ def make_loader(config: dict[str, Any], dataset: Dataset, ctx: DistributedContex
                       generator=torch.Generator().manual_seed(config["seed"]))
 
 
-def train(config: dict[str, Any]) -> TrainResult:
-    """Train the configured upsampler; returns where its run directory and final checkpoint are."""
+def train(config: dict[str, Any], *, backbone: nn.Module | None = None, dataset: Dataset | None = None) -> TrainResult:
+    """Train the configured upsampler; returns where its run directory and final checkpoint are.
+
+    ``backbone`` and ``dataset`` replace the ones the config would build: any frozen module with
+    ``embed_dim``, ``patch_size``, ``spec()`` and ``forward(images)`` (e.g. the synthetic benchmark's
+    oracle), and any dataset following ``wrc.data``'s item contract.
+    """
     ctx = init_distributed(config.get("device", "auto"))
     run_dir, resume = ctx.from_main(resolve_run_dir(config))  # Hydra names each rank's dir on its own clock
     train_cfg = config["train"]
     max_steps = int(train_cfg["max_steps"])
     seed_everything(int(config["seed"]) + ctx.rank)
-    dataset = build_dataset(config["data"], train=True)  # first, so a bad data.root fails before any download
-
-    backbone = build_backbone(config["backbone"]).to(ctx.device)
+    if dataset is None:  # first, so a bad data.root fails before any download
+        dataset = build_dataset(config["data"], train=True)
+    backbone = (backbone if backbone is not None else build_backbone(config["backbone"])).to(ctx.device)
     upsampler = build_upsampler(config["model"], backbone).to(ctx.device)
     if not upsampler.trainable or not any(p.requires_grad for p in upsampler.parameters()):
         raise ValueError(f"model={upsampler.name} has no parameters to train; choose a learned model (model=lift)")
