@@ -41,6 +41,7 @@ from evaluation.metrics import BoundaryFScore, ConfusionMatrix
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import CLASSES, SyntheticScenes
 from evaluation.tables import build_table, collect
+from wrc.checkpoint import latest_checkpoint
 from wrc.upsamplers import Upsampler, create_upsampler
 
 log = logging.getLogger("wrc")
@@ -136,8 +137,9 @@ def evaluate(predict: Predict, oracle: OracleBackbone, test: SyntheticScenes, pr
             **boundaries.compute(), "seconds_per_image": (time.perf_counter() - tick) / n}
 
 
-def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) -> tuple[Upsampler, float]:
-    """Train ``name`` with its own objective (or resume its run); returns (upsampler in eval mode, seconds)."""
+def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) -> tuple[Upsampler, float | None]:
+    """Train ``name`` with its own objective (or resume its run); returns (upsampler in eval mode, seconds of
+    training in this call, None when the run had already finished)."""
     from wrc.training import train
 
     model, objective = TRAINED[name]
@@ -145,12 +147,14 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
     config = training_config(model, objective, steps=args.steps, image_size=args.image_size,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                              run_dir=run_dir)
+    last = latest_checkpoint(run_dir / "checkpoints")
+    finished = last is not None and last.name == f"step_{args.steps:07d}"
     tick = time.perf_counter()
     result = train(config, backbone=oracle, dataset=SyntheticScenes(args.train_scenes, args.image_size))
-    return result.upsampler.eval(), time.perf_counter() - tick
+    return result.upsampler.eval(), None if finished else time.perf_counter() - tick
 
 
-def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -> tuple[Upsampler, float, str]:
+def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -> tuple[Upsampler, float | None, str]:
     """(upsampler, training seconds, objective name) for a learned or training-free method."""
     if name in TRAINED:
         upsampler, seconds = train_method(name, oracle, args)
@@ -162,7 +166,7 @@ def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -
     return upsampler.to(args.device).eval(), 0.0, "training-free"
 
 
-def record(name: str, objective: str, metrics: dict, seconds: float, parameters: int, args: argparse.Namespace,
+def record(name: str, objective: str, metrics: dict, seconds: float | None, parameters: int, args: argparse.Namespace,
            oracle: OracleBackbone) -> dict[str, Any]:
     return {
         "protocol": "synthetic", "model": {"name": name}, "objective": objective, "metrics": metrics,
@@ -210,17 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     exact = lambda tokens, images, size: F.adaptive_avg_pool2d(oracle.dense(images), size)  # noqa: E731
     ceiling = evaluate(exact, oracle, test, probe_scenes, args.seed)
-    results = {"ground_truth": record("ground_truth", "-", ceiling, 0.0, 0, args, oracle)}
-    for name in args.methods:
+    ceiling_record = record("ground_truth", "-", ceiling, 0.0, 0, args, oracle)
+    (out / "ground_truth.json").write_text(json.dumps(ceiling_record, indent=2))
+    for name in args.methods:  # each record is written when done: a killed run keeps the finished methods
         upsampler, seconds, objective = upsampler_for(name, oracle, args)
         predict = lambda tokens, images, size, u=upsampler: u(tokens, images, output_size=size, backbone=oracle)
         metrics = evaluate(predict, oracle, test, probe_scenes, args.seed)
-        results[name] = record(name, objective, metrics, seconds, sum(p.numel() for p in upsampler.parameters()),
-                               args, oracle)
+        result = record(name, objective, metrics, seconds, sum(p.numel() for p in upsampler.parameters()), args, oracle)
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
         log.info("%-16s cosine %.4f  rel_l2 %.4f  mIoU %.4f  boundary F %.4f", name, metrics["cosine"],
                  metrics["rel_l2"], metrics["miou"], metrics["boundary_f"])
-    for name, result in results.items():
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(write_table(out, environment(torch.device(args.device))))
     return 0
 
