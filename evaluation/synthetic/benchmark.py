@@ -172,7 +172,8 @@ def record(name: str, objective: str, metrics: dict, seconds: float | None, para
         "protocol": "synthetic", "model": {"name": name}, "objective": objective, "metrics": metrics,
         "train_seconds": seconds, "parameters": parameters, "backbone": oracle.spec(),
         "setting": {"image_size": args.image_size, "steps": args.steps, "train_scenes": args.train_scenes,
-                    "test_scenes": args.test_scenes, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr},
+                    "test_scenes": args.test_scenes, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+                    "implicit_steps": args.implicit_steps},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -189,7 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-scenes", type=int, default=16, help="training scenes each probe is fitted on")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--implicit-steps", type=int, default=100, help="FeatUp-Implicit fitting steps per image")
+    parser.add_argument("--implicit-steps", type=int, default=30,
+                        help="FeatUp-Implicit fitting steps per image (FeatUp: 1200+, a GPU budget)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work-dir", default="outputs/synthetic", help="run directories of the learned methods")
