@@ -80,19 +80,14 @@ def training_config(model: dict, objective: dict, *, steps: int, image_size: int
 
 
 @torch.no_grad()
-def upsample_scenes(predict: Predict, oracle: OracleBackbone, scenes: SyntheticScenes, scale: int | None = None,
-                    batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(prediction, ground-truth field, class map) per batch, on the pixel grid or ``scale`` x the token grid
-    (there the field is averaged over each cell and the class is the one at the cell's centre)."""
+def scene_batches(oracle: OracleBackbone, scenes: SyntheticScenes,
+                  batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(images, tokens, ground-truth field, class map) per batch of ``scenes``, on the oracle's device."""
     device = next(oracle.buffers()).device
     for start in range(0, len(scenes), batch_size):
         batch = [scenes.scene(i) for i in range(start, min(start + batch_size, len(scenes)))]
         images, labels = torch.stack([s.image for s in batch]).to(device), torch.stack([s.classes for s in batch])
-        field, tokens = oracle.dense(images), oracle(images)
-        if scale is not None:
-            cell = oracle.patch_size // scale
-            field, labels = F.avg_pool2d(field, cell), labels[:, cell // 2 :: cell, cell // 2 :: cell]
-        yield predict(tokens, images, tuple(field.shape[-2:])).float(), field, labels
+        yield images, oracle(images), oracle.dense(images), labels
 
 
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 200, seed: int = 0) -> nn.Conv2d:
@@ -110,29 +105,33 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 200, se
     return probe.requires_grad_(False).eval()
 
 
+@torch.no_grad()
 def evaluate(predict: Predict, oracle: OracleBackbone, test: SyntheticScenes, probe_scenes: SyntheticScenes,
              seed: int = 0) -> dict[str, Any]:
-    """Every metric of one method: fidelity at 2x and on the pixel grid, probe mIoU and boundary F-score
-    (seconds_per_image times the whole test loop per image: oracle, upsampler and probe)."""
-    coarse = [F.cosine_similarity(pred, field, dim=1).mean(dim=(1, 2))
-              for pred, field, _ in upsample_scenes(predict, oracle, test, scale=2)]
-    fitted = list(upsample_scenes(predict, oracle, probe_scenes))
-    probe = fit_probe(torch.cat([pred for pred, _, _ in fitted]), torch.cat([labels for _, _, labels in fitted]),
-                      seed=seed)
+    """Every metric of one method: fidelity on the pixel grid and at 2x the token grid (where the field is
+    averaged over each cell), probe mIoU and boundary F-score (seconds_per_image times the whole test loop
+    per image: oracle, both predictions and probe)."""
+    features, labels = zip(*[(predict(tokens, images, field.shape[-2:]).float(), classes)
+                             for images, tokens, field, classes in scene_batches(oracle, probe_scenes)], strict=True)
+    with torch.enable_grad():
+        probe = fit_probe(torch.cat(features), torch.cat(labels), seed=seed)
     confusion, boundaries = ConfusionMatrix(len(CLASSES)), BoundaryFScore(tolerance=2)
-    sums = {"cosine": 0.0, "rel_l2": 0.0, "seconds": 0.0}
+    sums = {"cosine": 0.0, "rel_l2": 0.0, "cosine_2x": 0.0}
+    cell = oracle.patch_size // 2
     tick = time.perf_counter()
-    for pred, field, labels in upsample_scenes(predict, oracle, test):
+    for images, tokens, field, classes in scene_batches(oracle, test):
+        pred = predict(tokens, images, field.shape[-2:]).float()
         sums["cosine"] += F.cosine_similarity(pred, field, dim=1).mean(dim=(1, 2)).sum().item()
         sums["rel_l2"] += ((pred - field).flatten(1).norm(dim=1) / field.flatten(1).norm(dim=1)).sum().item()
-        with torch.no_grad():
-            classes = probe(pred).argmax(dim=1).cpu()
-        confusion.update(classes, labels)
-        boundaries.update(classes, labels)
+        field_2x = F.avg_pool2d(field, cell)
+        pred_2x = predict(tokens, images, field_2x.shape[-2:]).float()
+        sums["cosine_2x"] += F.cosine_similarity(pred_2x, field_2x, dim=1).mean(dim=(1, 2)).sum().item()
+        predicted = probe(pred).argmax(dim=1).cpu()
+        confusion.update(predicted, classes)
+        boundaries.update(predicted, classes)
     n = len(test)
     segmentation = confusion.compute()
-    return {"cosine": sums["cosine"] / n, "rel_l2": sums["rel_l2"] / n,
-            "cosine_2x": torch.cat(coarse).mean().item(), "miou": segmentation["miou"],
+    return {**{key: value / n for key, value in sums.items()}, "miou": segmentation["miou"],
             "pixel_accuracy": segmentation["pixel_accuracy"], "per_class_iou": segmentation["per_class_iou"],
             **boundaries.compute(), "seconds_per_image": (time.perf_counter() - tick) / n}
 
