@@ -4,9 +4,10 @@
 
 Starts from the quickstart configuration (benchmarks/configs/quickstart.json: test_vit backbone,
 generated scenes, 224 px, wrc_multicrop) and changes one thing per row: the upsampling layer (WRC,
-Converse2D, transposed conv), the project's improvements over the original network (feature_skip
-off = the original's re-prediction of every feature), and the exact weighted solve of a k = 4
-kernel against its one-step approximation (iterations=0). Fidelity is measured on held-out scenes
+Converse2D, transposed conv), the project's improvements over the original network (output_solve
+off = the paper's network, whose solve only lifts inner features; feature_skip off = the original's
+re-prediction of every feature), and the exact weighted solve of a k = 4 kernel against its one-step
+approximation (iterations=0). Fidelity is measured on held-out scenes
 against the backbone on the 2x larger image (evaluation/eval_fidelity.py).
 """
 
@@ -22,15 +23,17 @@ from evaluation.eval_fidelity import fidelity, load_eval_images
 from wrc import create_upsampler
 
 WRC = QUICKSTART["model"]
+CONVERSE2D = {"name": "converse2d", "image_channels": 32, "feature_skip": True, "output_solve": True}
 VARIANTS: dict[str, dict] = {
-    "wrc (k=2, exact block solve)": {"model": WRC},
-    "converse2d (scalar weights)": {"model": {"name": "converse2d", "image_channels": 32, "feature_skip": True}},
+    "wrc (k=2, exact block solve, output solve)": {"model": WRC},
+    "converse2d (scalar weights, output solve)": {"model": CONVERSE2D},
     "wrc_tconv (transposed conv)": {"model": {"name": "wrc_tconv", "image_channels": 32, "feature_skip": True}},
+    "wrc, output_solve=false (the paper's network)": {"model": {**WRC, "output_solve": False}},
+    "converse2d, output_solve=false": {"model": {**CONVERSE2D, "output_solve": False}},
     "wrc, feature_skip=false (original re-prediction)": {"model": {**WRC, "feature_skip": False}},
     "wrc k=4, exact (PCG, tol 1e-4)": {"model": {**WRC, "kernel_size": 4, "iterations": 20, "tol": 1.0e-4}},
     "wrc k=4, iterations=0 (one-step approximation)": {"model": {**WRC, "kernel_size": 4, "iterations": 0}},
 }
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -108,9 +108,29 @@ def rss_peak_mib(call: Callable[[], object]) -> float:
     return peak_rss_mib() - base
 
 
+def cuda_held_mib(forward: Callable[[], torch.Tensor]) -> float:
+    """CUDA memory that ``forward()`` leaves allocated besides its output while the output is alive: what autograd
+    keeps for the backward pass (after one warm-up call, whose graph is freed)."""
+    forward()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    out = forward()
+    torch.cuda.synchronize()
+    return (torch.cuda.memory_allocated() - base - out.numel() * out.element_size()) / 2**20
+
+
+def rss_held_mib(forward: Callable[[], torch.Tensor]) -> float:
+    """Resident memory that ``forward()`` leaves besides its output while the output is alive (the CPU twin of
+    ``cuda_held_mib``); run it in a fresh process (``subprocess_peak_mib``)."""
+    forward()
+    base = current_rss_mib()
+    out = forward()
+    return current_rss_mib() - base - out.numel() * out.element_size() / 2**20
+
+
 def subprocess_peak_mib(module: str, spec: object) -> float:
     """Run ``python -m <module> --memory-worker <spec as JSON>`` in a fresh process and return the last number it
-    prints (the worker's peak RSS above its inputs, measured with ``reset_peak_rss`` / ``peak_rss_mib``)."""
+    prints (the worker's measurement in MiB, e.g. its peak RSS above its inputs from ``rss_peak_mib``)."""
     repo_root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", module, "--memory-worker", json.dumps(spec)], cwd=repo_root,
                           capture_output=True, text=True, check=True,

@@ -19,15 +19,32 @@ def test_parameter_count_matches_the_paper():
     assert abs(count - 3_979_216) / 3_979_216 < 0.03
 
 
-@pytest.mark.parametrize("name", ["wrc", "converse2d", "wrc_tconv"])
-def test_untrained_network_is_close_to_bilinear(name):
-    """feature_skip: output = bilinear(features) + a correction whose head starts near zero."""
-    up = create_upsampler(name, 32, 16).eval()
+def untrained_output_oracle(feats: torch.Tensor, output_solve: bool) -> torch.Tensor:
+    """What an untrained network returns, by hand: bilinear (the head starts near zero), and with the output solve
+    at its initial weights (wL = wH = 1, box kernel) each 2x2 block moved by 0.25 / (1 + 4 / 16) = 0.2 of its
+    residual to the token, the block's share of the minimiser of (t - mean x)^2 + |x - z|^2."""
+    bilinear = F.interpolate(feats, scale_factor=2, mode="bilinear", align_corners=False)
+    if not output_solve:
+        return bilinear
+    residual = feats - F.avg_pool2d(bilinear, 2)
+    return bilinear + 0.2 * F.interpolate(residual, scale_factor=2, mode="nearest")
+
+
+@pytest.mark.parametrize(("name", "kwargs", "output_solve"), [
+    ("wrc", {}, True), ("converse2d", {}, True), ("wrc_tconv", {}, False),
+    ("wrc", {"output_solve": False}, False), ("converse2d", {"output_solve": False}, False)])
+def test_untrained_network_matches_its_hand_computed_output(name, kwargs, output_solve):
+    """feature_skip: output = bilinear(features) + a correction whose head starts near zero; the output solve,
+    where the network has one, then pulls it a known step toward the tokens."""
+    up = create_upsampler(name, 32, 16, **kwargs).eval()
     feats, image = torch.randn(1, 32, 4, 6), torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         out = up(feats, image)
-    bilinear = F.interpolate(feats, scale_factor=2, mode="bilinear", align_corners=False)
-    assert ((out - bilinear).norm() / bilinear.norm()).item() < 0.05
+    expected = untrained_output_oracle(feats, output_solve)
+    assert ((out - expected).norm() / expected.norm()).item() < 0.05
+    if output_solve:  # the step is visible: the output is closer to the tokens than bilinear is
+        bilinear = untrained_output_oracle(feats, False)
+        assert ((F.avg_pool2d(out, 2) - feats).norm() < 0.9 * (F.avg_pool2d(bilinear, 2) - feats).norm())
 
 
 def test_wider_kernel_uses_the_iterative_solver_and_trains():
@@ -69,6 +86,39 @@ def test_weighted_layer_returns_the_minimiser_of_its_weights():
         for _ in range(3):
             assert (e <= energy(x + 0.01 * torch.randn_like(x), y, z, kernel, 2, w_low, w_high) + 1e-5).all()
         torch.testing.assert_close(x, weighted_reverse_conv(y, z, kernel, 2, w_low, w_high))
+
+
+def test_shared_weight_maps_with_a_low_guide_solve_each_block_by_hand():
+    """weight_maps=1: one wL and one wH map for every channel, wL read from y and the LR guide; for k = s each 2x2
+    block's minimiser is x_n = z_n + (wL k_n / wH_n) r / (1 + wL sum_m k_m^2 / wH_m), r = y - sum_m k_m z_m."""
+    layer = WeightedReverseConv2d(5, 3, kernel_size=2, weight_maps=1, low_guide_channels=4)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    y, z = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 6, 8)
+    guide, low_guide = torch.randn(2, 3, 6, 8), torch.randn(2, 4, 3, 4)
+    with torch.no_grad():
+        w_low, w_high = layer.weights(y, z, guide, low_guide)
+        assert w_low.shape == (2, 1, 3, 4) and w_high.shape == (2, 1, 6, 8)
+        assert not torch.allclose(w_low, layer.weights(y, z, guide, -low_guide)[0])
+        x, k = layer(y, z, guide, low_guide), layer.kernel()  # k: 5, 2, 2
+    for b, c, i, j in [(0, 0, 0, 0), (1, 4, 2, 3), (0, 2, 1, 2)]:
+        zb, wb, kb = z[b, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2], w_high[b, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2], k[c]
+        wl, r = w_low[b, 0, i, j], y[b, c, i, j] - (kb * zb).sum()
+        expected = zb + (wl * kb / wb) * r / (1 + wl * (kb**2 / wb).sum())
+        torch.testing.assert_close(x[b, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_weight_maps_are_rejected():
+    with pytest.raises(ValueError, match="weight_maps"):
+        WeightedReverseConv2d(6, 3, weight_maps=2)
+
+
+def test_output_solve_can_be_switched_off_and_costs_few_parameters():
+    with_solve, without = create_upsampler("wrc", 384, 14), create_upsampler("wrc", 384, 14, output_solve=False)
+    assert without.output_solver is None
+    extra = sum(p.numel() for p in with_solve.parameters()) - sum(p.numel() for p in without.parameters())
+    assert extra == 384 * 4 + 2 * ((384 + 32) * 9 + 1)  # kernel taps + the two 3x3 weight heads
 
 
 def test_converse2d_layer_keeps_alpha_positive():

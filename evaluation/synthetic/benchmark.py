@@ -51,6 +51,11 @@ WRC_MODEL = {"image_channels": 32, "feature_skip": True, "kernel_size": 2}
 TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own objective)
     "wrc": ({"name": "wrc", **WRC_MODEL}, {"name": "wrc_multicrop"}),
     "converse2d": ({"name": "converse2d", **WRC_MODEL}, {"name": "wrc_multicrop"}),
+    "wrc_tconv": ({"name": "wrc_tconv", "image_channels": 32, "feature_skip": True}, {"name": "wrc_multicrop"}),
+    # the paper's network, whose solve only lifts inner features (the Table 3 ablation without the output solve)
+    "wrc_paper_network": ({"name": "wrc", **WRC_MODEL, "output_solve": False}, {"name": "wrc_multicrop"}),
+    "converse2d_paper_network": ({"name": "converse2d", **WRC_MODEL, "output_solve": False},
+                                 {"name": "wrc_multicrop"}),
     "lift": ({"name": "lift", "image_channels": 32}, {"name": "lift_multiscale", "jitter": {}}),
     "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
@@ -168,7 +173,8 @@ def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -
 def record(name: str, objective: str, metrics: dict, seconds: float | None, parameters: int, args: argparse.Namespace,
            oracle: OracleBackbone) -> dict[str, Any]:
     return {
-        "protocol": "synthetic", "model": {"name": name}, "objective": objective, "metrics": metrics,
+        "protocol": "synthetic", "model": {**TRAINED.get(name, ({},))[0], "name": name}, "objective": objective,
+        "metrics": metrics,
         "train_seconds": seconds, "parameters": parameters, "backbone": oracle.spec(),
         "setting": {"image_size": args.image_size, "steps": args.steps, "train_scenes": args.train_scenes,
                     "test_scenes": args.test_scenes, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,

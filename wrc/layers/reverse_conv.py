@@ -81,29 +81,39 @@ class WeightedReverseConv2d(nn.Module):
         channels: channels of y and z (the solve is depthwise).
         guide_channels: channels of the HR guidance features that, with z, predict wH.
         scale, kernel_size: the forward model A (kernel_size == scale: exact block solve; larger: PCG).
-        w_low_range: (max) of wL in [0, max]; wL = 0 lets a location ignore its token.
+        w_low_max: (max) of wL in [0, max]; wL = 0 lets a location ignore its token.
         w_high_range: (min, max) of wH; min > 0 keeps the system positive definite.
         iterations, tol: PCG budget when kernel_size > scale (iterations=0: one-step approximation).
+        weight_maps: channels of each weight map: None = one map per channel, 1 = one map shared by all
+            channels (a per-location trust, cheap at the backbone's width).
+        low_guide_channels: channels of an optional LR guidance that, with y, predicts wL.
     """
 
     def __init__(self, channels: int, guide_channels: int, scale: int = 2, kernel_size: int = 2, padding: int = 2,
                  padding_mode: str = "replicate", w_low_max: float = 4.0,
-                 w_high_range: tuple[float, float] = (0.05, 4.0), iterations: int = 20, tol: float = 1e-4) -> None:
+                 w_high_range: tuple[float, float] = (0.05, 4.0), iterations: int = 20, tol: float = 1e-4,
+                 weight_maps: int | None = None, low_guide_channels: int = 0) -> None:
         super().__init__()
         if kernel_size < scale:
             raise ValueError(f"kernel_size={kernel_size} must be >= scale={scale}")
+        if weight_maps is not None and weight_maps not in (1, channels):
+            raise ValueError(f"weight_maps must be None, 1 or channels={channels}; got {weight_maps}")
         self.scale, self.padding, self.padding_mode = scale, padding, padding_mode
         self.iterations, self.tol = iterations, tol
+        maps = channels if weight_maps is None else weight_maps
         self.kernel = ReverseKernel(channels, kernel_size)
-        self.w_low = BoundedMap(channels, channels, 0.0, w_low_max, init=1.0)
+        self.w_low = BoundedMap(channels + low_guide_channels, maps, 0.0, w_low_max, init=1.0)
         low, high = w_high_range
-        self.w_high = BoundedMap(channels + guide_channels, channels, low, high, init=min(1.0, (low + high) / 2))
+        self.w_high = BoundedMap(channels + guide_channels, maps, low, high, init=min(1.0, (low + high) / 2))
 
-    def weights(self, y: torch.Tensor, z: torch.Tensor, guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.w_low(y), self.w_high(torch.cat([z, guide], dim=1))
+    def weights(self, y: torch.Tensor, z: torch.Tensor, guide: torch.Tensor,
+                low_guide: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        low_input = y if low_guide is None else torch.cat([y, low_guide], dim=1)
+        return self.w_low(low_input), self.w_high(torch.cat([z, guide], dim=1))
 
-    def forward(self, y: torch.Tensor, z: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        w_low, w_high = self.weights(y, z, guide)
+    def forward(self, y: torch.Tensor, z: torch.Tensor, guide: torch.Tensor,
+                low_guide: torch.Tensor | None = None) -> torch.Tensor:
+        w_low, w_high = self.weights(y, z, guide, low_guide)
         with torch.autocast(y.device.type, enabled=False):
             return weighted_reverse_conv(y.float(), z.float(), self.kernel(), self.scale, w_low, w_high,
                                          padding=self.padding, padding_mode=self.padding_mode,

@@ -25,8 +25,16 @@ class Converse2D(GuidedReverseNet):
                    padding_mode: str = "replicate") -> nn.Module:
         return ReverseConv2d(channels, scale=2, kernel_size=kernel_size, padding=padding, padding_mode=padding_mode)
 
+    def make_output_solver(self, channels: int, guide_channels: int) -> nn.Module:
+        """The same output step as WRC's with scalar weights per channel."""
+        return ReverseConv2d(channels, scale=2, kernel_size=2)
+
     def lift(self, y: torch.Tensor, z: torch.Tensor, guide_2x: torch.Tensor) -> torch.Tensor:
         return self.layer(y, z)
+
+    def solve_output(self, features: torch.Tensor, prediction: torch.Tensor, guide_1x: torch.Tensor,
+                     guide_2x: torch.Tensor) -> torch.Tensor:
+        return self.output_solver(features, prediction)
 
 
 @register_upsampler

@@ -11,7 +11,15 @@ Deliberate departures from the original, each switchable for ablations:
   zero, so an untrained model is (almost exactly) bilinear and training learns a correction (the original
   re-predicts every feature from scratch);
 - the prior fed to the layer is bilinear with half-pixel centres, on the layer's own geometry
-  (optionally refined by a learned, zero-initialised correction from the guidance).
+  (optionally refined by a learned, zero-initialised correction from the guidance);
+- ``output_solve``: the network's 2x prediction p is not the output but the prior of a second solve whose
+  data are the input features t themselves, argmin_x sum_i wL (t - A x)^2 + sum_n wH (x - p)^2: the output
+  is pulled back to consistency with the backbone's tokens (its 2x2 blocks average to them) where the
+  weights trust the tokens, and left to the prediction where they do not (edges, mixed tokens). In the
+  original, the reverse convolution only lifts the fused features inside the network, where the head after
+  it can undo whatever it does; here it also acts on the features the user gets. WRC predicts one wL and
+  one wH map shared by all channels from the guidance, Converse2D keeps per-channel scalars, and the
+  transposed-conv ablation has no solve.
 """
 
 from __future__ import annotations
@@ -33,12 +41,14 @@ class GuidedReverseNet(Upsampler):
         image_channels: width of the guidance encoder (32 in the paper).
         feature_skip: add the bilinear input features to the output (head initialised near zero).
         prior_refine: add a learned, zero-initialised correction to the bilinear prior.
+        output_solve: solve the output against the input features with the prediction as prior (see above;
+            ignored by networks without a solve).
     """
 
     scale = 2
 
     def __init__(self, in_channels: int, patch_size: int, *, image_channels: int = 32, feature_skip: bool = True,
-                 prior_refine: bool = False, **layer_kwargs) -> None:
+                 prior_refine: bool = False, output_solve: bool = True, **layer_kwargs) -> None:
         super().__init__(in_channels, patch_size)
         k, width = image_channels, fused_width(in_channels, image_channels)
         self.feature_skip = feature_skip
@@ -50,6 +60,7 @@ class GuidedReverseNet(Upsampler):
             nn.init.zeros_(self.prior_refine.weight)
             nn.init.zeros_(self.prior_refine.bias)
         self.layer = self.make_layer(width, k, **layer_kwargs)
+        self.output_solver = self.make_output_solver(in_channels, k) if output_solve else None
         self.out = Bottleneck(width + k, in_channels // 2)
         self.head = nn.Conv2d(in_channels // 2, in_channels, 1)
         if feature_skip:  # near zero, not zero: the output starts at bilinear and every layer gets gradients
@@ -59,9 +70,18 @@ class GuidedReverseNet(Upsampler):
     def make_layer(self, channels: int, guide_channels: int, **kwargs) -> nn.Module:
         raise NotImplementedError
 
+    def make_output_solver(self, channels: int, guide_channels: int) -> nn.Module | None:
+        """The solve of ``output_solve`` at the backbone's width; None: the network has none."""
+        return None
+
     def lift(self, y: torch.Tensor, z: torch.Tensor, guide_2x: torch.Tensor) -> torch.Tensor:
         """(B, C', h, w) -> (B, C', 2h, 2w) with the prior z and the 2x guidance."""
         return self.layer(y, z, guide_2x)
+
+    def solve_output(self, features: torch.Tensor, prediction: torch.Tensor, guide_1x: torch.Tensor,
+                     guide_2x: torch.Tensor) -> torch.Tensor:
+        """The output step: ``prediction`` (B, C, 2h, 2w) made consistent with ``features`` (B, C, h, w)."""
+        return self.output_solver(features, prediction, guide_2x, guide_1x)
 
     def upsample_step(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         h, w = features.shape[-2:]
@@ -75,4 +95,8 @@ class GuidedReverseNet(Upsampler):
             z = z + self.prior_refine(torch.cat([z, guide_2x], dim=1))
         x = self.lift(y, z, guide_2x).to(y.dtype)  # B, C', 2h, 2w
         out = self.head(self.out(torch.cat([x, guide_2x], dim=1)))  # B, C, 2h, 2w
-        return out + half_pixel_upsample(features, 2) if self.feature_skip else out
+        if self.feature_skip:
+            out = out + half_pixel_upsample(features, 2)
+        if self.output_solver is None:
+            return out
+        return self.solve_output(features, out, guide_1x, guide_2x).to(out.dtype)

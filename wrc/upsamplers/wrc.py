@@ -34,3 +34,9 @@ class WRC(GuidedReverseNet):
         return WeightedReverseConv2d(channels, guide_channels, scale=2, kernel_size=kernel_size, padding=padding,
                                      padding_mode=padding_mode, w_low_max=w_low_max,
                                      w_high_range=tuple(w_high_range), iterations=iterations, tol=tol)
+
+    def make_output_solver(self, channels: int, guide_channels: int) -> nn.Module:
+        """k = s = 2 (exact block solve), one wL map from the tokens and the token-grid guidance, one wH map from
+        the prediction and the 2x guidance, both shared by all channels (the tokens' width is the backbone's)."""
+        return WeightedReverseConv2d(channels, guide_channels, scale=2, kernel_size=2, weight_maps=1,
+                                     low_guide_channels=guide_channels)
