@@ -2,8 +2,9 @@
 
 After the WRC paper's model: a guidance encoder gives image features at the token grid and at 2x;
 tokens and image features are fused; an *upsampling layer* lifts the fused features to 2x; the result
-is fused with the 2x image features and projected back to C channels. Only the upsampling layer
-differs between the three registered methods, which is exactly the paper's Table 3 ablation.
+is fused with the 2x image features and projected back to C channels. Only the upsampling layer (and,
+below, the weights of the output solve) differs between the three registered methods: the paper's
+Table 3 ablation.
 
 Deliberate departures from the original, each switchable for ablations:
 - GroupNorm instead of BatchNorm (the original trains BatchNorm with batch 4);
