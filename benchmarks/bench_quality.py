@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict] = {
     "wrc k=4, iterations=0 (one-step approximation)": {"model": {**WRC, "kernel_size": 4, "iterations": 0}},
 }
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
