@@ -172,9 +172,9 @@ def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -
 
 def record(name: str, objective: str, metrics: dict, seconds: float | None, parameters: int, args: argparse.Namespace,
            oracle: OracleBackbone) -> dict[str, Any]:
+    model_config = TRAINED[name][0] if name in TRAINED else {}  # learned methods record their whole model config
     return {
-        "protocol": "synthetic", "model": {**TRAINED.get(name, ({},))[0], "name": name}, "objective": objective,
-        "metrics": metrics,
+        "protocol": "synthetic", "model": {**model_config, "name": name}, "objective": objective, "metrics": metrics,
         "train_seconds": seconds, "parameters": parameters, "backbone": oracle.spec(),
         "setting": {"image_size": args.image_size, "steps": args.steps, "train_scenes": args.train_scenes,
                     "test_scenes": args.test_scenes, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
