@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny random-init timm ViT, generated images, Hydra compose helpers."""
+"""Shared fixtures: a tiny random-init timm ViT, generated images, the device option, a training config.
+
+``pytest --device cuda`` (or ``--device cpu,cuda``) reruns every test that takes the ``device`` fixture on
+those devices; the default is the CPU alone, so the suite runs anywhere.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,32 @@ CONFIG_DIR = REPO_ROOT / "config"
 
 register_resolvers()
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu",
+                     help="comma-separated devices for tests taking the `device` fixture (e.g. cpu,cuda)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames:
+        devices = [d.strip() for d in metafunc.config.getoption("--device").split(",") if d.strip()]
+        metafunc.parametrize("device", devices, indirect=True)
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> str:
+    """A device named by --device; a CUDA device without a GPU (or without the compiled kernels) fails loudly,
+    so a GPU run cannot pass by skipping everything."""
+    name = request.param
+    if name.startswith("cuda"):
+        import torch_wrc
+
+        if not torch.cuda.is_available():
+            pytest.fail(f"--device {name} was asked for, but torch sees no CUDA device")
+        if not torch_wrc.has_cuda_kernels():
+            pytest.fail(f"--device {name}: torch_wrc was built without CUDA kernels (reinstall with FORCE_CUDA=1)")
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from wrc.ops.reverse_conv import block_solve_reference, weighted_reverse_conv
 
 pytestmark = pytest.mark.skipif(not torch_wrc.is_available(),
                                 reason=f"torch_wrc not built: {torch_wrc.unavailable_reason()}")
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and torch_wrc.has_cuda_kernels() else [])
 
 
 def assert_gradients_match(fused, reference, args, rtol: float, atol: float) -> None:
@@ -40,14 +39,12 @@ def block_problem(device, dtype, scale=2, b=2, c=3, h=5, w=7, seed=0):
     return [t.to(device=device, dtype=dtype) for t in tensors]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(device, dtype):
     args = block_problem(device, dtype)
     torch.library.opcheck(torch.ops.wrc.block_solve.default, [a.requires_grad_() for a in args])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_parity_with_the_reference_fp32(device, scale):
     args = block_problem(device, torch.float32, scale=scale)
@@ -57,7 +54,6 @@ def test_parity_with_the_reference_fp32(device, scale):
     assert_gradients_match(torch.ops.wrc.block_solve, block_solve_reference, args, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_float64(device):
     args = [a.requires_grad_() for a in block_problem(device, torch.float64, b=1, c=2, h=3, w=2)]
     assert torch.autograd.gradcheck(torch.ops.wrc.block_solve, args)
@@ -151,7 +147,6 @@ def spectral_reference(t, eig, lam, alpha):
     return lr_inverse_reference(t, eig, lam[..., None, None], alpha[..., None, None])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("width", [6, 7])  # even and odd widths: the self-conjugate columns differ
 def test_spectral_opcheck(device, dtype, width):
@@ -159,7 +154,6 @@ def test_spectral_opcheck(device, dtype, width):
     torch.library.opcheck(torch.ops.wrc.lr_spectral_solve.default, args)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("width", [6, 7])
 def test_spectral_parity_with_the_reference_fp32(device, width):
     args = spectral_problem(device, torch.float32, w=width)
@@ -167,7 +161,6 @@ def test_spectral_parity_with_the_reference_fp32(device, width):
     assert_gradients_match(torch.ops.wrc.lr_spectral_solve, spectral_reference, args, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("width", [4, 5])
 def test_spectral_gradcheck_float64(device, width):
     args = [a.requires_grad_() for a in spectral_problem(device, torch.float64, b=1, c=2, h=3, w=width)]
@@ -217,7 +210,6 @@ def decimate_problem(device, dtype, scale, k, b=2, c=3, h=4, w=5, seed=0):
     return [t.to(device=device, dtype=dtype) for t in tensors]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
 def test_decimate_opcheck(device, scale, k):
     x, y, kernel = decimate_problem(device, torch.float64, scale, k)
@@ -225,7 +217,6 @@ def test_decimate_opcheck(device, scale, k):
     torch.library.opcheck(torch.ops.wrc.decimate_adjoint.default, (y.requires_grad_(), kernel, scale))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
 def test_decimate_parity_with_the_reference_fp32(device, scale, k):
     from wrc.ops.reverse_conv import apply_A_reference, apply_At_reference
@@ -237,7 +228,6 @@ def test_decimate_parity_with_the_reference_fp32(device, scale, k):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
 def test_decimate_gradcheck_float64(device, scale, k):
     x, y, kernel = (t.requires_grad_() for t in decimate_problem(device, torch.float64, scale, k, b=1, c=2, h=3, w=3))
