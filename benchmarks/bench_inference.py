@@ -13,15 +13,15 @@ import argparse
 import torch
 
 from benchmarks.common import publish, time_call
-from wrc import FrozenBackbone, create_upsampler
+from wrc import FrozenBackbone
+from wrc.extractor import build_extractor
 
 DEFAULT_MODELS = ["bilinear", "lift", "wrc", "converse2d", "wrc_tconv"]
 
 
 def bench(device: torch.device, models: list[str], sizes: list[int], batches: list[int], repeat: int) -> list[dict]:
     backbone = FrozenBackbone("vit_small_patch14_dinov2", "random").to(device)
-    upsamplers = {name: create_upsampler(name, backbone.embed_dim, backbone.patch_size).to(device).eval()
-                  for name in models}
+    extractors = {name: build_extractor(backbone, name, device=device) for name in models}
     rows = []
     for batch in batches:
         for size in sizes:
@@ -29,8 +29,8 @@ def bench(device: torch.device, models: list[str], sizes: list[int], batches: li
             features = backbone(image)
             target = (features.shape[-2] * 2, features.shape[-1] * 2)
             backbone_ms = time_call(lambda image=image: backbone(image), device, repeat=repeat)["median_ms"]
-            times = {name: time_call(lambda up=up, f=features, i=image, t=target: up(f, i, t), device,
-                                     repeat=repeat)["median_ms"] for name, up in upsamplers.items()}
+            times = {name: time_call(lambda e=e, f=features, i=image, t=target: e.upsample(f, i, t), device,
+                                     repeat=repeat)["median_ms"] for name, e in extractors.items()}
             for name, ms in times.items():
                 rows.append({"upsampler": name, "batch": batch, "image_size": size, "grid": list(features.shape[-2:]),
                              "median_ms": ms, "vs_bilinear": ms / times.get("bilinear", ms),

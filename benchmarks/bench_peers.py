@@ -10,7 +10,7 @@ FeatUp-JBU, resize-conv and transposed conv (featup_multiview, as FeatUp trained
 Training-free methods run as they are: bilinear, SRT (49 views), strided, FeatUp-Implicit (a short
 per-image fit: the full 1200 steps take minutes per image on a CPU), and "large image", which at 2x
 is exactly the fidelity target (an upper bound, not a competitor). Fidelity
-(evaluation/eval_fidelity.py) is measured against the backbone on the 2x larger image.
+(the fidelity protocol, evaluation/protocols/fidelity.py) is measured against the backbone on the 2x larger image.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, publish
 from benchmarks.quickstart import QUICKSTART, train_variant
-from evaluation.eval_fidelity import fidelity, load_eval_images
+from evaluation.protocols.fidelity import fidelity, load_eval_images
 from evaluation.report import figure_rows
 from utils.visualization import save_figure
-from wrc import create_upsampler
+from wrc.extractor import DenseFeatureExtractor, build_extractor
 
 MULTIVIEW = {"name": "featup_multiview", "num_jitters": 5, "max_pad": 20, "max_zoom": 2.0}
 LEARNED = {  # name: (model config, objective config)
@@ -45,21 +45,21 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=QUICKSTART["data"]["image_size"])
     args = parser.parse_args()
     images = load_eval_images(None, args.num_images, args.image_size)
-    upsamplers, seconds = {}, {}
+    extractors, seconds = {}, {}
     backbone = None
     for name, (model, objective) in LEARNED.items():
-        backbone, upsamplers[name], seconds[name] = train_variant({"model": model, "objective": objective},
-                                                                  args.steps, args.device, args.image_size)
+        backbone, upsampler, seconds[name] = train_variant({"model": model, "objective": objective},
+                                                           args.steps, args.device, args.image_size)
+        extractors[name] = DenseFeatureExtractor(backbone, upsampler)
         print(f"trained {name} in {seconds[name]:.0f} s", flush=True)
-    c, p = backbone.embed_dim, backbone.patch_size
     free = {"bilinear": {}, "srt": {"max_shift": 3}, "strided": {},
             "featup_implicit": {"steps": args.implicit_steps, "num_jitters": 128, "progress": False},
             "large_image": {}}
     for name, kwargs in free.items():
-        upsamplers[name] = create_upsampler(name, c, p, **kwargs).to(args.device).eval()
-    scores = fidelity(backbone, upsamplers, images, scale=2)
-    rows = {name: {**scores[name], "train_seconds": seconds.get(name, 0.0),
-                   "parameters": sum(q.numel() for q in upsamplers[name].parameters())} for name in upsamplers}
+        extractors[name] = build_extractor(backbone, {"name": name, **kwargs})
+    rows = {name: {**fidelity(extractor, images, scale=2), "train_seconds": seconds.get(name, 0.0),
+                   "parameters": sum(q.numel() for q in extractor.upsampler.parameters())}
+            for name, extractor in extractors.items()}
     notes = {"large_image": " (= the target at 2x: upper bound)",
              "featup_implicit": f" ({args.implicit_steps} fitting steps per image)"}
     lines = [f"Quickstart setting (test_vit with random weights, generated scenes, {args.image_size} px), learned "
@@ -74,7 +74,7 @@ def main() -> None:
                      f"{r['parameters']:,} |")
     device = torch.device(args.device)
     figure = RESULTS_DIR / f"peers_{device.type}.png"
-    save_figure(figure_rows(backbone, upsamplers, images[:3], 2), figure)
+    save_figure(figure_rows(extractors, images[:3], 2), figure)
     lines += ["", f"Figure: `{figure.name}` (PCA of the features and the similarity to one query point, per method)."]
     publish(f"peers_{device.type}", device, rows, lines, steps=args.steps, image_size=args.image_size)
 

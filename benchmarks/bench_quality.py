@@ -8,7 +8,7 @@ Converse2D, transposed conv), the project's improvements over the original netwo
 off = the paper's network, whose solve only lifts inner features; feature_skip off = the original's
 re-prediction of every feature), and the exact weighted solve of a k = 4 kernel against its one-step
 approximation (iterations=0). Fidelity is measured on held-out scenes
-against the backbone on the 2x larger image (evaluation/eval_fidelity.py).
+against the backbone on the 2x larger image (the fidelity protocol, evaluation/protocols/fidelity.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 from benchmarks.common import publish
 from benchmarks.quickstart import QUICKSTART, train_variant
-from evaluation.eval_fidelity import fidelity, load_eval_images
-from wrc import create_upsampler
+from evaluation.protocols.fidelity import fidelity, load_eval_images
+from wrc.extractor import DenseFeatureExtractor, build_extractor
 
 WRC = QUICKSTART["model"]
 CONVERSE2D = {"name": "converse2d", "image_channels": 32, "feature_skip": True, "output_solve": True}
@@ -47,12 +47,12 @@ def main() -> None:
     backbone = None
     for name, overrides in VARIANTS.items():
         backbone, upsampler, seconds = train_variant(overrides, args.steps, args.device)
-        scores = fidelity(backbone, {name: upsampler}, images, scale=2)[name]
+        scores = fidelity(DenseFeatureExtractor(backbone, upsampler), images, scale=2)
         rows[name] = {**scores, "train_seconds": seconds,
                       "parameters": sum(p.numel() for p in upsampler.parameters())}
         print(name, rows[name], flush=True)
-    bilinear = create_upsampler("bilinear", backbone.embed_dim, backbone.patch_size)
-    rows = {"bilinear (no training)": {**fidelity(backbone, {"bilinear": bilinear}, images, 2)["bilinear"],
+    bilinear = build_extractor(backbone, "bilinear")
+    rows = {"bilinear (no training)": {**fidelity(bilinear, images, 2),
                                        "train_seconds": 0.0, "parameters": 0}, **rows}
     lines = [f"Quickstart setting (test_vit, generated scenes, 224 px, wrc_multicrop), {args.steps} steps each, "
              f"same seed; fidelity on {len(images)} held-out scenes against the backbone at 2x.", "",

@@ -1,11 +1,11 @@
-"""Timing, memory and result-writing helpers shared by the benchmarks (no Hydra needed)."""
+"""Timing, memory and result-writing helpers shared by the benchmarks (no Hydra needed); the environment header
+of every result comes from wrc.provenance."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -16,13 +16,9 @@ from pathlib import Path
 
 import torch
 
+from wrc.provenance import environment
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def synchronize(device: torch.device) -> None:
@@ -138,21 +134,6 @@ def subprocess_peak_mib(module: str, spec: object) -> float:
                           # RSS sees each allocation instead of heap pages recycled from the warm-up call
                           env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})
     return float(proc.stdout.strip().splitlines()[-1])
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def environment(device: torch.device) -> dict[str, str]:
-    return {
-        "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "command": " ".join([sys.executable, *sys.argv]),
-    }
 
 
 def write_results(name: str, record: dict, table: str) -> tuple[Path, Path]:

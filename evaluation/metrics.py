@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 class ConfusionMatrix:
@@ -155,3 +156,13 @@ class BoundaryFScore:
         total = precision + recall
         return {"boundary_precision": precision, "boundary_recall": recall,
                 "boundary_f": 2 * precision * recall / total if total else 0.0}
+
+
+def cosine_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) mean over positions of the cosine similarity along channels (1 is perfect)."""
+    return F.cosine_similarity(pred, target, dim=1).mean(dim=(1, 2))
+
+
+def relative_l2_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) ||pred - target|| / ||target|| over each whole map (0 is perfect)."""
+    return (pred - target).flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1).clamp_min(1e-12)

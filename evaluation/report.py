@@ -1,53 +1,105 @@
-"""The report written after training: fidelity against baselines on held-out images, and a figure."""
+"""The report written after training: the fidelity protocol for the trained upsampler and its baselines, and a
+figure, on held-out images.
+
+Each method's result is a ResultRecord in ``run_dir/evaluation/fidelity/<name>/result.json`` (so
+``python -m evaluation.tables fidelity <run_dir>`` tabulates it); ``run_dir/metrics.json`` gathers their
+metrics by name for a quick look. The settings (``evaluate.*`` in config/train.yaml) are validated by
+``report_settings`` before training starts, not after hours of it.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from evaluation.eval_fidelity import fidelity, load_eval_images, write_result
+from evaluation.protocol import evaluate, settings_from_mapping
+from evaluation.protocols.fidelity import FidelitySettings, large_image, load_eval_images
 from utils.visualization import comparison_figure, save_figure
-from wrc.backbone import FrozenBackbone
-from wrc.upsamplers import Upsampler, create_upsampler
+from wrc.extractor import Backbone, DenseFeatureExtractor, build_extractor
+from wrc.upsamplers import Upsampler, list_upsamplers
 
 QUERY = (0.45, 0.55)  # (y, x) of the similarity-map query, in [0, 1)
 
 
+@dataclass
+class ReportSettings:
+    enabled: bool = True
+    root: str | None = None  # held-out images; None = the built-in held-out sample scenes
+    num_images: int = 8
+    image_size: int = 224
+    scale: int = 2
+    baselines: list[str] = field(default_factory=lambda: ["bilinear"])
+    figure: bool = True
+
+    def __post_init__(self) -> None:
+        FidelitySettings(root=self.root, num_images=self.num_images, image_size=self.image_size, scale=self.scale)
+        unknown = [name for name in self.baselines if name not in list_upsamplers()]
+        if unknown:
+            raise ValueError(f"evaluate.baselines: unknown upsampler(s) {unknown}; available: "
+                             f"{', '.join(list_upsamplers())}")
+        if self.root is not None and not Path(self.root).is_dir():
+            raise ValueError(f"evaluate.root={self.root!r} is not a folder of held-out images")
+
+    def fidelity(self) -> FidelitySettings:
+        return FidelitySettings(root=self.root, num_images=self.num_images, image_size=self.image_size,
+                                scale=self.scale)
+
+
+def report_settings(given: Mapping[str, Any] | None) -> ReportSettings:
+    """``evaluate.*`` with defaults filled in; an unknown key or a bad value is an error naming it."""
+    try:
+        return settings_from_mapping(ReportSettings, dict(given or {}), where="evaluate")
+    except ValueError as err:
+        message = str(err).replace("protocol.", "evaluate.")
+        raise ValueError(message) from None
+
+
 @torch.no_grad()
-def figure_rows(backbone: FrozenBackbone, upsamplers: dict[str, Upsampler], images: torch.Tensor,
-                scale: int) -> list:
-    """Per image: PCA and similarity panels of low-res, each upsampler, and the large-image target."""
-    device = next(backbone.buffers()).device
+def figure_rows(extractors: Mapping[str, DenseFeatureExtractor], images: torch.Tensor, scale: int) -> list:
+    """Per image: PCA and similarity panels of low-res, each extractor's output, and the large-image target (all
+    extractors share one backbone)."""
+    first = next(iter(extractors.values()))
+    device = next(iter(first.buffers()), torch.empty(0)).device
     rows = []
     for image in images:
         batch = image[None].to(device)
-        low = backbone(batch)
-        large = F.interpolate(batch, scale_factor=scale, mode="bicubic", align_corners=False, antialias=True)
-        target = backbone(large.clamp(0, 1))
+        low = first.tokens(batch)
+        target = first.tokens(large_image(batch, scale))
         maps = {"low-res": low[0]}
-        for name, upsampler in upsamplers.items():
-            maps[name] = upsampler(low, batch, output_size=target.shape[-2:], backbone=backbone)[0]
+        for name, extractor in extractors.items():
+            maps[name] = extractor.upsample(low, batch, target.shape[-2:])[0]
         maps[f"backbone at {scale}x"] = target[0]
         rows.append(comparison_figure(image, maps, QUERY))
     return rows
 
 
-def report_training_run(run_dir: Path, backbone: FrozenBackbone, upsampler: Upsampler,
-                        cfg: dict[str, Any]) -> dict[str, Any]:
-    """Write ``metrics.json`` (and ``figure.png``) into ``run_dir``; returns their paths and the metrics."""
-    images = load_eval_images(cfg.get("root"), int(cfg["num_images"]), int(cfg["image_size"]))
-    device = next(backbone.buffers()).device
-    upsamplers = {name: create_upsampler(name, backbone.embed_dim, backbone.patch_size).to(device)
-                  for name in cfg.get("baselines", ["bilinear"])}
-    upsamplers[upsampler.name] = upsampler.eval()
-    scale = int(cfg.get("scale", 2))
-    results = fidelity(backbone, upsamplers, images, scale)
-    out = {"results": results, "metrics": write_result(
-        Path(run_dir) / "metrics.json", backbone, results, scale=scale, image_size=int(cfg["image_size"]),
-        num_images=len(images), source=cfg.get("root") or "built-in held-out scenes")}
-    if cfg.get("figure", True):
-        out["figure"] = save_figure(figure_rows(backbone, upsamplers, images[:3], scale), Path(run_dir) / "figure.png")
+def baseline_extractors(backbone: Backbone, names: Sequence[str]) -> dict[str, DenseFeatureExtractor]:
+    return {name: build_extractor(backbone, name) for name in names}
+
+
+def report_training_run(run_dir: Path, backbone: Backbone, upsampler: Upsampler,
+                        cfg: Mapping[str, Any] | ReportSettings) -> dict[str, Any]:
+    """Write the records, ``metrics.json`` (and ``figure.png``) into ``run_dir``; returns paths and metrics."""
+    settings = cfg if isinstance(cfg, ReportSettings) else report_settings(cfg)
+    run_dir = Path(run_dir)
+    extractors = baseline_extractors(backbone, settings.baselines)
+    extractors[upsampler.name] = DenseFeatureExtractor(backbone, upsampler.eval())
+    results, records = {}, []
+    for name, extractor in extractors.items():
+        folder = run_dir / "evaluation" / "fidelity" / name
+        record = evaluate("fidelity", extractor, settings.fidelity(), folder)
+        results[name] = record.metrics
+        records.append(str((folder / "result.json").relative_to(run_dir)))
+    metrics_path = run_dir / "metrics.json"
+    metrics_path.write_text(json.dumps({"results": results, "records": records, "backbone": backbone.spec(),
+                                        "scale": settings.scale, "image_size": settings.image_size}, indent=2))
+    out: dict[str, Any] = {"results": results, "metrics": metrics_path}
+    if settings.figure:
+        images = load_eval_images(settings.root, settings.num_images, settings.image_size)[:3]
+        out["figure"] = save_figure(figure_rows(extractors, images, settings.scale), run_dir / "figure.png")
     return out

@@ -1,16 +1,18 @@
-"""Paper tables from result files: collect every result JSON under the given run directories and print
-(or write) Markdown and CSV tables, mean and standard deviation over seeds.
+"""Tables from result records: any protocol's records x its table spec -> Markdown and CSV.
 
-    python -m evaluation.tables segmentation multirun/probes          # mIoU: upsamplers x datasets
-    python -m evaluation.tables depth multirun/probes --metrics d1 rmse abs_rel
-    python -m evaluation.tables fidelity outputs                       # cosine / rel L2 per upsampler
-    python -m evaluation.tables segmentation runs/ --out tables/seg    # also writes seg.md and seg.csv
-    python -m evaluation.tables synthetic benchmarks/results/synthetic  # the synthetic benchmark's table
-    python -m evaluation.tables featup-table1 multirun/probes         # one paper's table (PAPER_TABLES)
+    python -m evaluation.tables probe_segmentation multirun/eval      # mIoU: upsamplers x datasets
+    python -m evaluation.tables segmentation multirun/eval            # the same (alias)
+    python -m evaluation.tables probe_depth runs/ --metrics d1 rmse abs_rel
+    python -m evaluation.tables fidelity outputs                      # cosine / rel L2 per upsampler
+    python -m evaluation.tables synthetic benchmarks/results/synthetic
+    python -m evaluation.tables featup-table1 multirun/eval           # a paper's table by name (PAPER_TABLES)
+    python -m evaluation.tables segmentation runs/ --out tables/seg   # also writes seg.md and seg.csv
 
-A row is an upsampler (its registered name, or the run directory of its checkpoint); results of the same
-row and column from different seeds are averaged, and the standard deviation is shown when there are
-several (population std, n given in the CSV).
+A row is an upsampler (its registered name, or its name and the checkpoint it was loaded from, so two
+checkpoints of one method are two rows); results of the same row and column from several runs (seeds)
+are averaged, with the population standard deviation shown when there are several (n is in the CSV).
+Nothing here knows a protocol by name: columns, directions and units come from each protocol's
+TableSpec, and paper tables are data (PAPER_TABLES).
 """
 
 from __future__ import annotations
@@ -18,119 +20,114 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import statistics
+import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-TABLES = ("segmentation", "depth", "fidelity", "synthetic")
+from evaluation.protocol import TableSpec, get_protocol, list_protocols
+from evaluation.records import ResultRecord, collect
+
+ALIASES = {"segmentation": "probe_segmentation", "depth": "probe_depth"}
 
 
-def model_label(model: dict) -> str:
-    checkpoint = model.get("checkpoint")
-    return f"{model['name']} ({Path(checkpoint).name})" if checkpoint else model["name"]
+@dataclass(frozen=True)
+class Part:
+    """One Markdown table of a paper's table: a protocol's records on some datasets (None: all), some metrics."""
+
+    protocol: str
+    datasets: tuple[str, ...] | None
+    metrics: tuple[str, ...]
 
 
-def collect(roots: Iterable[str | Path]) -> list[dict]:
-    """Every JSON result record under ``roots`` (probe result.json files and fidelity metrics)."""
-    records = []
-    for root in roots:
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"no such run directory: {root}")
-        for path in sorted(root.rglob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(record, dict) and "protocol" in record:
-                records.append({**record, "_path": str(path)})
-    return records
-
-
-def cells(records: list[dict], table: str, metrics: list[str],
-          datasets: tuple[str, ...] | None = None) -> dict[tuple[str, str], list[float]]:
-    """(row, column) -> values over seeds; ``datasets`` keeps only probe results on those datasets."""
-    values: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in records:
-        if datasets is not None and r.get("dataset") not in datasets:
-            continue
-        if table in ("segmentation", "depth") and r["protocol"] == f"linear_probe_{table}":
-            for metric in metrics:
-                column = r["dataset"] if len(metrics) == 1 else f"{r['dataset']} {metric}"
-                values[(model_label(r["model"]), column)].append(float(r["metrics"][metric]))
-        elif table == "synthetic" and r["protocol"] == "synthetic":
-            for metric in metrics:
-                values[(model_label(r["model"]), metric)].append(float(r["metrics"][metric]))
-        elif table == "fidelity" and r["protocol"] == "fidelity":
-            for name, scores in r["results"].items():
-                for metric in metrics:
-                    values[(name, metric)].append(float(scores[metric]))
-    return values
-
-
-def summarise(values: list[float], scale: float) -> str:
-    mean = statistics.fmean(values) * scale
-    if len(values) == 1:
-        return f"{mean:.2f}" if scale != 1 else f"{mean:.4f}"
-    std = statistics.pstdev(values) * scale
-    return f"{mean:.2f} ± {std:.2f}" if scale != 1 else f"{mean:.4f} ± {std:.4f}"
-
-
-def build_table(records: list[dict], table: str, metrics: list[str],
-                datasets: tuple[str, ...] | None = None) -> tuple[str, str]:
-    """(markdown, csv) for ``table``; percentages for mIoU / accuracy / delta metrics."""
-    values = cells(records, table, metrics, datasets)
-    if not values:
-        protocol = table if table in ("fidelity", "synthetic") else f"linear_probe_{table}"
-        raise ValueError(f"no {table} results found (looked for protocol {protocol!r})")
-    rows = sorted({row for row, _ in values})
-    if table == "synthetic":  # a ranking: best first on the first metric
-        rows.sort(key=lambda row: -statistics.fmean(values.get((row, metrics[0]), [float("-inf")])))
-    columns = sorted({column for _, column in values})
-    if table in ("fidelity", "synthetic"):  # columns are metrics: keep the order asked for
-        columns = [m for m in metrics if m in columns]
-    percent = {"miou", "pixel_accuracy", "mean_class_accuracy", "d1", "d2", "d3"}
-    scale = 100.0 if all(m in percent for m in metrics) else 1.0
-    md = ["| upsampler | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["upsampler", "column", "mean", "std", "n"])
-    for row in rows:
-        md.append(f"| {row} | " + " | ".join(summarise(values[(row, c)], scale) if (row, c) in values else "-"
-                                           for c in columns) + " |")
-        for column in columns:
-            if (row, column) in values:
-                v = values[(row, column)]
-                writer.writerow([row, column, statistics.fmean(v), statistics.pstdev(v), len(v)])
-    return "\n".join(md), buffer.getvalue()
-
-
-DEFAULT_METRICS = {"segmentation": ["miou"], "depth": ["d1", "rmse"], "fidelity": ["cosine", "rel_l2"],
-                   "synthetic": ["cosine", "rel_l2", "cosine_2x", "miou", "boundary_f"]}
-
-
-PAPER_TABLES: dict[str, list[tuple[str, tuple[str, ...] | None, list[str]]]] = {
-    # name: parts (table, datasets or None for all, metrics); each part is one Markdown table
-    "wrc-table1": [("segmentation", ("cityscapes",), ["miou", "pixel_accuracy"])],
-    "featup-table1": [("segmentation", ("coco_stuff27",), ["miou", "pixel_accuracy"]),
-                      ("depth", ("nyuv2",), ["rmse", "d1"])],
-    "srt-table2": [("depth", ("nyuv2",), ["rmse", "rmse_log", "abs_rel", "d1"])],
-    "jafar-probes": [("segmentation", ("voc2012", "ade20k", "cityscapes", "coco_stuff27"), ["miou"]),
-                     ("depth", ("nyuv2",), ["d1", "rmse"])],
-    "synthetic": [("synthetic", None, DEFAULT_METRICS["synthetic"])],
+PAPER_TABLES: dict[str, tuple[Part, ...]] = {
+    "wrc-table1": (Part("probe_segmentation", ("cityscapes",), ("miou", "pixel_accuracy")),),
+    "featup-table1": (Part("probe_segmentation", ("coco_stuff27",), ("miou", "pixel_accuracy")),
+                      Part("probe_depth", ("nyuv2",), ("rmse", "d1"))),
+    "srt-table2": (Part("probe_depth", ("nyuv2",), ("rmse", "rmse_log", "abs_rel", "d1")),),
+    "jafar-probes": (Part("probe_segmentation", ("voc2012", "ade20k", "cityscapes", "coco_stuff27"), ("miou",)),
+                     Part("probe_depth", ("nyuv2",), ("d1", "rmse"))),
+    "synthetic": (Part("synthetic", None, ("cosine", "rel_l2", "cosine_2x", "miou", "boundary_f")),),
 }
 
 
-def paper_table(records: list[dict], name: str) -> tuple[str, str]:
-    """The parts of a paper's table that ``records`` hold, as (markdown, csv); parts without results are
-    noted, and it is an error only when none has any."""
+def cells(records: Sequence[ResultRecord], protocol: str, spec: TableSpec, metrics: Sequence[str],
+          datasets: tuple[str, ...] | None = None) -> dict[tuple[str, str, str], list[float]]:
+    """(row, dataset, metric) -> values over runs, for ``protocol``'s records on ``datasets`` (None: all)."""
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for record in records:
+        dataset = record.dataset.get("name", "")
+        if record.protocol != protocol or (datasets is not None and dataset not in datasets):
+            continue
+        for metric in metrics:
+            value = record.metrics.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[(record.label, dataset if spec.per_dataset else "", metric)].append(float(value))
+    return values
+
+
+def summarise(values: list[float], percent: bool) -> str:
+    scale, digits = (100.0, 2) if percent else (1.0, 4)
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.pstdev(values) * scale:.{digits}f}"
+
+
+def build_table(records: Sequence[ResultRecord], protocol: str, metrics: Sequence[str] | None = None,
+                datasets: tuple[str, ...] | None = None) -> tuple[str, str]:
+    """(markdown, csv) of ``protocol``'s records: upsamplers x (dataset, metric), headline metrics by default."""
+    protocol = ALIASES.get(protocol, protocol)
+    spec = get_protocol(protocol).table
+    metrics = list(metrics or spec.headline)
+    columns_of = {m: spec.column(m) for m in metrics}
+    values = cells(records, protocol, spec, metrics, datasets)
+    if not values:
+        where = f" on {', '.join(datasets)}" if datasets else ""
+        raise ValueError(f"no {protocol} results found{where} (looked for records with protocol {protocol!r})")
+    columns = sorted({(dataset, metric) for _, dataset, metric in values},
+                     key=lambda c: (c[0], metrics.index(c[1])))
+    rows = sorted({row for row, _, _ in values})
+    if spec.rank_by in metrics:  # a ranking: best first
+        order = columns_of[spec.rank_by]
+        score = {row: statistics.fmean(v) for (row, _, metric), v in values.items() if metric == spec.rank_by}
+        missing = float("-inf") if order.higher_is_better else float("inf")
+        rows.sort(key=lambda row: score.get(row, missing), reverse=order.higher_is_better)
+    headers = [header(dataset, metric, columns_of[metric], len(metrics)) for dataset, metric in columns]
+    md = ["| upsampler | " + " | ".join(headers) + " |", "| --- |" + " ---: |" * len(columns)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["upsampler", "dataset", "metric", "mean", "std", "n"])
+    for row in rows:
+        shown = [summarise(values[(row, d, m)], columns_of[m].percent) if (row, d, m) in values else "-"
+                 for d, m in columns]
+        md.append(f"| {row} | " + " | ".join(shown) + " |")
+        for dataset, metric in columns:
+            if (row, dataset, metric) in values:
+                v = values[(row, dataset, metric)]
+                writer.writerow([row, dataset, metric, statistics.fmean(v), statistics.pstdev(v), len(v)])
+    return "\n".join(md), buffer.getvalue()
+
+
+def header(dataset: str, metric: str, column, num_metrics: int) -> str:
+    """``voc2012`` (one metric per dataset), ``nyuv2 rmse ↓``, or ``cosine ↑`` (tables without datasets)."""
+    unit = " (%)" if column.percent and num_metrics > 1 else (f" ({column.unit})" if column.unit else "")
+    name = f"{metric}{unit} {column.arrow}"
+    if not dataset:
+        return name
+    return dataset if num_metrics == 1 else f"{dataset} {name}"
+
+
+def paper_table(records: Sequence[ResultRecord], name: str) -> tuple[str, str]:
+    """The parts of a paper's table that ``records`` hold, as (markdown, csv); parts without results are noted,
+    and it is an error only when none has any."""
     markdown, csv_parts = [], []
-    for table, datasets, metrics in PAPER_TABLES[name]:
-        title = f"{table} ({', '.join(datasets)})" if datasets else table
+    for part in PAPER_TABLES[name]:
+        title = f"{part.protocol} ({', '.join(part.datasets)})" if part.datasets else part.protocol
         try:
-            part_md, part_csv = build_table(records, table, metrics, datasets)
+            part_md, part_csv = build_table(records, part.protocol, part.metrics, part.datasets)
         except ValueError:
             markdown.append(f"**{title}**: no results yet")
             continue
@@ -141,20 +138,37 @@ def paper_table(records: list[dict], name: str) -> tuple[str, str]:
     return "\n\n".join(markdown), "".join(csv_parts)
 
 
+def write_table(folder: str | Path, protocol: str, env: Mapping[str, object]) -> str:
+    """``<folder>/<protocol>.md`` (device, date, commit and command, then the table) and ``.csv`` from every record
+    in ``folder``; returns the table."""
+    folder = Path(folder)
+    markdown, table_csv = build_table(collect([folder]).records, protocol)
+    lines = "\n".join(f"- {key}: {env[key]}" for key in ("device", "date", "torch", "commit") if key in env)
+    (folder / f"{protocol}.md").write_text(f"# {protocol}\n\n{lines}\n- command: `{env['command']}`\n\n{markdown}\n")
+    (folder / f"{protocol}.csv").write_text(table_csv)
+    return markdown
+
+
 def main(argv: list[str] | None = None) -> int:
+    choices = [*list_protocols(), *ALIASES, *PAPER_TABLES]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=[*TABLES, *PAPER_TABLES],
-                        help="a generic table, or a paper's table by name: " + ", ".join(PAPER_TABLES))
-    parser.add_argument("runs", nargs="+", help="run directories to search for result JSONs")
-    parser.add_argument("--metrics", nargs="+", default=None, help="metrics to show (default per table)")
+    parser.add_argument("table", choices=sorted(set(choices)), metavar="TABLE",
+                        help=f"a protocol ({', '.join(list_protocols())}; aliases {', '.join(ALIASES)}) or a paper's "
+                             f"table ({', '.join(PAPER_TABLES)})")
+    parser.add_argument("runs", nargs="+", help="folders to search for result records")
+    parser.add_argument("--metrics", nargs="+", default=None, help="metrics to show (default: the protocol's headline)")
     parser.add_argument("--out", default=None, help="write <out>.md and <out>.csv as well")
     args = parser.parse_args(argv)
-    records = collect(args.runs)
-    if args.table in PAPER_TABLES and args.table not in TABLES:
-        markdown, table_csv = paper_table(records, args.table)
+    found = collect(args.runs)
+    for path, reason in found.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.table in PAPER_TABLES and args.table not in list_protocols():
+        markdown, table_csv = paper_table(found.records, args.table)
     else:
-        markdown, table_csv = build_table(records, args.table, args.metrics or DEFAULT_METRICS[args.table])
+        markdown, table_csv = build_table(found.records, args.table, args.metrics)
     print(markdown)
+    if found.skipped:
+        print(f"\n{len(found.skipped)} result file(s) could not be read and were skipped (listed on stderr)")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from evaluation.datasets import COCO_COARSE, COCO_FINE_TO_COARSE, ade20k, cityscapes, coco_stuff27, nyuv2, voc2012
 from tests.helpers.fake_datasets import save_label, save_rgb
+from tests.wrc.reliability.png16 import write_png16
 
 
 def test_voc_reads_palette_indices_and_keeps_255(tmp_path):
@@ -94,3 +96,35 @@ def test_nyuv2_depth_in_metres(tmp_path):
 def test_missing_split_names_the_layout(tmp_path, loader):
     with pytest.raises(FileNotFoundError, match="dataset.root: .* not found; expected the layout"):
         loader(tmp_path, "val")
+
+
+def test_nyuv2_reads_16_bit_images_and_depth_exactly(tmp_path):
+    """16-bit RGB images are scaled by 65535 (not read through their high bytes), 16-bit depth stays integral;
+    the oracle is the arrays written to the files."""
+    rgb = np.random.default_rng(4).integers(0, 65536, (12, 16, 3)).astype(np.uint16)
+    write_png16(tmp_path / "test" / "images" / "00001.png", rgb)
+    depth = np.random.default_rng(5).integers(0, 65536, (12, 16)).astype(np.uint16)
+    (tmp_path / "test" / "depths").mkdir(parents=True)
+    Image.fromarray(depth).save(tmp_path / "test" / "depths" / "00001.png")
+    item = nyuv2(tmp_path, "test", size=None)[0]
+    expected = torch.from_numpy(rgb.astype(np.float32) / 65535).permute(2, 0, 1)
+    torch.testing.assert_close(item["image"], expected, atol=1e-7, rtol=0)
+    torch.testing.assert_close(item["depth"], torch.from_numpy(depth.astype(np.float32) / 1000), atol=0, rtol=0)
+
+
+def test_16_bit_label_maps_keep_their_values(tmp_path):
+    base = tmp_path / "ADEChallengeData2016"
+    save_rgb(base / "images" / "validation" / "ADE_val_00000001.jpg")
+    labels = np.tile(np.repeat(np.array([0, 1, 149, 150], np.uint16), 16), (48, 1))
+    (base / "annotations" / "validation").mkdir(parents=True)
+    Image.fromarray(labels).save(base / "annotations" / "validation" / "ADE_val_00000001.png")  # mode I;16
+    item = ade20k(tmp_path, "val", size=None, reduce_zero_label=False)[0]
+    torch.testing.assert_close(item["label"], torch.from_numpy(labels.astype(np.int64)))
+
+
+def test_colour_label_maps_are_refused_by_name(tmp_path):
+    base = tmp_path / "ADEChallengeData2016"
+    save_rgb(base / "images" / "validation" / "ADE_val_00000001.jpg")
+    save_rgb(base / "annotations" / "validation" / "ADE_val_00000001.png")
+    with pytest.raises(ValueError, match=r"ADE_val_00000001.png: a label map must be a single-channel image.*'RGB'"):
+        ade20k(tmp_path, "val", size=None)[0]

@@ -1,3 +1,5 @@
+"""The fidelity protocol: an oracle and a zero upsampler bound the metrics; the report writes one record per method."""
+
 from __future__ import annotations
 
 import json
@@ -5,7 +7,10 @@ import json
 import pytest
 import torch.nn.functional as F
 
-from evaluation.eval_fidelity import fidelity, load_eval_images, main
+from evaluation.protocols.fidelity import fidelity, load_eval_images
+from evaluation.records import read_record
+from evaluation.report import report_settings, report_training_run
+from wrc.extractor import DenseFeatureExtractor, build_extractor
 from wrc.upsamplers import Upsampler, create_upsampler
 
 
@@ -29,27 +34,31 @@ class Zero(Upsampler):
 
 def test_oracle_and_zero_bound_the_metrics(test_vit):
     images = load_eval_images(None, 3, 64)
-    results = fidelity(test_vit, {"oracle": Oracle(64, 16), "zero": Zero(64, 16),
-                                  "bilinear": create_upsampler("bilinear", 64, 16)}, images, scale=2, batch_size=2)
-    assert results["oracle"]["cosine"] == pytest.approx(1.0, abs=1e-5)
-    assert results["oracle"]["rel_l2"] == pytest.approx(0.0, abs=1e-5)
-    assert results["zero"]["rel_l2"] == pytest.approx(1.0)
-    assert 0 < results["bilinear"]["rel_l2"] < 1 and results["bilinear"]["cosine"] < 1
+    oracle = fidelity(DenseFeatureExtractor(test_vit, Oracle(64, 16)), images, scale=2, batch_size=2)
+    zero = fidelity(DenseFeatureExtractor(test_vit, Zero(64, 16)), images, scale=2, batch_size=2)
+    bilinear = fidelity(build_extractor(test_vit, "bilinear"), images, scale=2, batch_size=2)
+    assert oracle["cosine"] == pytest.approx(1.0, abs=1e-5) and oracle["rel_l2"] == pytest.approx(0.0, abs=1e-5)
+    assert zero["rel_l2"] == pytest.approx(1.0)
+    assert 0 < bilinear["rel_l2"] < 1 and bilinear["cosine"] < 1
 
 
-def test_cli_writes_one_json(tmp_path):
-    out = tmp_path / "fid.json"
-    assert main(["--backbone", "test_vit", "--weights", "random", "--models", "bilinear", "nearest",
-                 "--num-images", "2", "--image-size", "64", "--device", "cpu", "--out", str(out)]) == 0
-    record = json.loads(out.read_text())
-    assert record["protocol"] == "fidelity" and set(record["results"]) == {"bilinear", "nearest"}
-    assert record["backbone"]["name"] == "test_vit" and record["num_images"] == 2
+def test_the_report_writes_a_record_per_method_and_a_summary(tmp_path, test_vit):
+    trained = create_upsampler("nearest", test_vit.embed_dim, test_vit.patch_size)
+    out = report_training_run(tmp_path, test_vit, trained, {"num_images": 2, "image_size": 64, "figure": False})
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(summary["results"]) == set(out["results"]) == {"bilinear", "nearest"}
+    record = read_record(tmp_path / summary["records"][1])
+    assert record.protocol == "fidelity" and record.upsampler["name"] == "nearest"
+    assert record.metrics["cosine"] == summary["results"]["nearest"]["cosine"]
 
 
-def test_checkpoint_for_another_backbone_is_refused(tmp_path):
-    from wrc.checkpoint import save_checkpoint
-
-    save_checkpoint(tmp_path / "step_0000001", create_upsampler("lift", 384, 16), {"backbone": {"name": "vit_s"}})
-    with pytest.raises(ValueError, match="trained on 384-channel features .* test_vit has 64"):
-        main(["--backbone", "test_vit", "--weights", "random", "--models", str(tmp_path), "--num-images", "1",
-              "--image-size", "32", "--device", "cpu", "--out", str(tmp_path / "x.json")])
+def test_report_settings_are_checked_before_training():
+    assert report_settings(None).num_images == 8
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'num_image' for evaluate; valid .*num_images"):
+        report_settings({"num_image": 4})
+    with pytest.raises(ValueError, match="evaluate.scale must be >= 1; got 0"):
+        report_settings({"scale": 0})
+    with pytest.raises(ValueError, match=r"evaluate.baselines: unknown upsampler\(s\) \['bilinar'\]"):
+        report_settings({"baselines": ["bilinar"]})
+    with pytest.raises(ValueError, match="evaluate.root='/no/such/folder' is not a folder"):
+        report_settings({"root": "/no/such/folder"})

@@ -1,74 +1,84 @@
-"""Tables from result JSONs: grouping by upsampler and dataset, mean and std over seeds, md and csv."""
+"""Tables from records: generic over protocols' table specs, mean and std over runs, paper tables as data."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from evaluation.tables import build_table, collect, main
+from evaluation.records import ResultRecord, collect, write_record
+from evaluation.tables import PAPER_TABLES, build_table, main, paper_table
 
 
-def write_probe(path, model, dataset, seed, miou, d1=None):
-    path.mkdir(parents=True, exist_ok=True)
-    kind = "depth" if d1 is not None else "segmentation"
-    metrics = {"d1": d1, "rmse": 0.5} if d1 is not None else {"miou": miou}
-    (path / "result.json").write_text(json.dumps({
-        "protocol": f"linear_probe_{kind}", "dataset": dataset, "model": model, "seed": seed, "metrics": metrics}))
+def write_run(path, protocol, dataset, upsampler, metrics, seed=0):
+    write_record(ResultRecord(protocol=protocol, dataset={"name": dataset, "split": "val", "root": None},
+                              backbone={"name": "test_vit"}, upsampler={"kwargs": {}, "step": None, **upsampler},
+                              resolution={}, metrics=metrics, config={"seed": seed}), path)
 
 
 def test_segmentation_table_mean_and_std_over_seeds(tmp_path):
-    write_probe(tmp_path / "a", {"name": "bilinear"}, "voc2012", 0, 0.80)
-    write_probe(tmp_path / "b", {"name": "bilinear"}, "voc2012", 1, 0.82)
-    write_probe(tmp_path / "c", {"name": "wrc", "checkpoint": "/runs/wrc_run"}, "voc2012", 0, 0.85)
-    write_probe(tmp_path / "d", {"name": "wrc", "checkpoint": "/runs/wrc_run"}, "ade20k", 0, 0.40)
-    (tmp_path / "junk.json").write_text("{not json")
-    markdown, table_csv = build_table(collect([tmp_path]), "segmentation", ["miou"])
+    write_run(tmp_path / "a", "probe_segmentation", "voc2012", {"name": "bilinear"}, {"miou": 0.80}, seed=0)
+    write_run(tmp_path / "b", "probe_segmentation", "voc2012", {"name": "bilinear"}, {"miou": 0.82}, seed=1)
+    write_run(tmp_path / "c", "probe_segmentation", "voc2012", {"name": "wrc", "checkpoint": "runs/w"}, {"miou": 0.85})
+    write_run(tmp_path / "d", "probe_segmentation", "ade20k", {"name": "wrc", "checkpoint": "runs/w"}, {"miou": 0.40})
+    write_run(tmp_path / "e", "probe_segmentation", "voc2012", {"name": "wrc", "checkpoint": "runs/v"}, {"miou": 0.70})
+    markdown, table_csv = build_table(collect([tmp_path]).records, "segmentation")  # alias of probe_segmentation
     lines = markdown.splitlines()
     assert lines[0] == "| upsampler | ade20k | voc2012 |"
-    assert lines[2] == "| bilinear | - | 81.00 ± 1.00 |"
-    assert lines[3] == "| wrc (wrc_run) | 40.00 | 85.00 |"
-    assert "bilinear,voc2012,0.81" in table_csv and table_csv.strip().splitlines()[1].endswith(",2")
+    assert lines[2:] == ["| bilinear | - | 81.00 ± 1.00 |", "| wrc (runs/v) | - | 70.00 |",
+                         "| wrc (runs/w) | 40.00 | 85.00 |"]
+    assert "bilinear,voc2012,miou,0.81" in table_csv and table_csv.strip().splitlines()[1].endswith(",2")
 
 
-def test_cli_writes_markdown_and_csv(tmp_path, capsys):
-    write_probe(tmp_path / "runs" / "x", {"name": "lift"}, "nyuv2", 0, None, d1=0.7)
-    assert main(["depth", str(tmp_path / "runs"), "--out", str(tmp_path / "tables" / "depth")]) == 0
-    out = capsys.readouterr().out
-    assert "| upsampler | nyuv2 d1 | nyuv2 rmse |" in out and "| lift | 0.7000 | 0.5000 |" in out
-    assert (tmp_path / "tables" / "depth.md").exists() and (tmp_path / "tables" / "depth.csv").exists()
+def test_directions_and_units_come_from_the_table_spec(tmp_path):
+    write_run(tmp_path / "x", "probe_depth", "nyuv2", {"name": "lift"}, {"d1": 0.7, "rmse": 0.5})
+    markdown, _ = build_table(collect([tmp_path]).records, "probe_depth")
+    assert markdown.splitlines()[0] == "| upsampler | nyuv2 d1 (%) ↑ | nyuv2 rmse (m) ↓ |"
+    assert markdown.splitlines()[2] == "| lift | 70.00 | 0.5000 |"
 
 
-def test_missing_results_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such run directory"):
-        collect([tmp_path / "nowhere"])
-    with pytest.raises(ValueError, match="no segmentation results found"):
-        build_table([], "segmentation", ["miou"])
+def test_ranked_tables_put_the_best_first_by_its_direction(tmp_path):
+    for name, cosine in (("a", 0.90), ("b", 0.95), ("c", 0.80)):
+        write_run(tmp_path / name, "synthetic", "synthetic_scenes", {"name": name},
+                  {"cosine": cosine, "rel_l2": 0.1, "cosine_2x": 0.9, "miou": 0.9, "boundary_f": 0.9})
+    markdown, _ = build_table(collect([tmp_path]).records, "synthetic")
+    assert [line.split(" | ")[0] for line in markdown.splitlines()[2:]] == ["| b", "| a", "| c"]
 
 
-def test_fidelity_table_from_fidelity_records(tmp_path):
-    for seed, cosine in ((0, 0.90), (1, 0.92)):
-        (tmp_path / f"run{seed}").mkdir()
-        (tmp_path / f"run{seed}" / "metrics.json").write_text(json.dumps({
-            "protocol": "fidelity", "results": {"bilinear": {"cosine": 0.8, "rel_l2": 0.3},
-                                                "wrc": {"cosine": cosine, "rel_l2": 0.2}}}))
-    markdown, _ = build_table(collect([tmp_path]), "fidelity", ["cosine"])
-    assert markdown.splitlines()[2:] == ["| bilinear | 0.8000 ± 0.0000 |", "| wrc | 0.9100 ± 0.0100 |"]
+def test_cli_writes_markdown_and_csv_and_reports_skipped_files(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "x", "fidelity", "samples", {"name": "lift"}, {"cosine": 0.9, "rel_l2": 0.2})
+    (tmp_path / "runs" / "y").mkdir()
+    (tmp_path / "runs" / "y" / "result.json").write_text("{torn")
+    assert main(["fidelity", str(tmp_path / "runs"), "--out", str(tmp_path / "tables" / "fid")]) == 0
+    captured = capsys.readouterr()
+    assert "| upsampler | cosine ↑ | rel_l2 ↓ |" in captured.out and "| lift | 0.9000 | 0.2000 |" in captured.out
+    assert "1 result file(s) could not be read" in captured.out and "runs/y/result.json" in captured.err
+    assert (tmp_path / "tables" / "fid.md").exists() and (tmp_path / "tables" / "fid.csv").exists()
+
+
+def test_missing_results_are_clear_errors():
+    with pytest.raises(ValueError, match="no probe_segmentation results found"):
+        build_table([], "segmentation")
+    with pytest.raises(ValueError, match="metric 'mlou' is not a column"):
+        build_table([], "segmentation", ["mlou"])
 
 
 def test_paper_table_by_name_filters_datasets_and_notes_missing_parts(tmp_path, capsys):
-    from evaluation.tables import PAPER_TABLES, paper_table
-
-    write_probe(tmp_path / "a", {"name": "bilinear"}, "coco_stuff27", 0, 0.40)
-    write_probe(tmp_path / "b", {"name": "bilinear"}, "voc2012", 0, 0.80)  # not part of FeatUp's Table 1
-    (tmp_path / "a" / "result.json").write_text(json.dumps({
-        "protocol": "linear_probe_segmentation", "dataset": "coco_stuff27", "model": {"name": "bilinear"},
-        "metrics": {"miou": 0.40, "pixel_accuracy": 0.70}}))
-    markdown, table_csv = paper_table(collect([tmp_path]), "featup-table1")
-    assert "**segmentation (coco_stuff27)**" in markdown and "| bilinear | 40.00 | 70.00 |" in markdown
-    assert "voc2012" not in markdown and "**depth (nyuv2)**: no results yet" in markdown
-    assert "coco_stuff27 miou" in table_csv
+    write_run(tmp_path / "a", "probe_segmentation", "coco_stuff27", {"name": "bilinear"},
+              {"miou": 0.40, "pixel_accuracy": 0.70})
+    write_run(tmp_path / "b", "probe_segmentation", "voc2012", {"name": "bilinear"}, {"miou": 0.80})
+    markdown, table_csv = paper_table(collect([tmp_path]).records, "featup-table1")
+    assert "**probe_segmentation (coco_stuff27)**" in markdown and "| bilinear | 40.00 | 70.00 |" in markdown
+    assert "voc2012" not in markdown and "**probe_depth (nyuv2)**: no results yet" in markdown
+    assert "coco_stuff27,miou" in table_csv
     with pytest.raises(ValueError, match="no results found for any part of srt-table2"):
-        paper_table(collect([tmp_path]), "srt-table2")
+        paper_table(collect([tmp_path]).records, "srt-table2")
     assert main(["featup-table1", str(tmp_path)]) == 0 and "coco_stuff27 pixel_accuracy" in capsys.readouterr().out
     assert {"wrc-table1", "featup-table1", "srt-table2", "jafar-probes", "synthetic"} <= set(PAPER_TABLES)
+
+
+def test_the_committed_synthetic_results_still_tabulate():
+    from tests.conftest import REPO_ROOT
+
+    found = collect([REPO_ROOT / "benchmarks" / "results" / "synthetic"])
+    assert not found.skipped and len(found.records) >= 10
+    markdown, _ = build_table(found.records, "synthetic")
+    assert markdown.splitlines()[2].startswith("| ground_truth | 1.0000")

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.metrics import BoundaryFScore, class_boundaries
+from evaluation.records import collect, read_record
 from evaluation.synthetic.benchmark import main as benchmark_main
 from evaluation.synthetic.oracle import OracleBackbone, chromaticity
 from evaluation.synthetic.scenes import CHROMA_GAP, CLASSES, SyntheticScenes, generate_scene
-from evaluation.tables import build_table, collect
+from evaluation.tables import build_table
 from evaluation.tables import main as tables_main
 
 
@@ -133,12 +134,12 @@ def test_boundary_fscore_hand_computed():
 
 
 def test_synthetic_table_ranks_by_cosine(tmp_path):
-    for name, cosine in (("bilinear", 0.90), ("wrc", 0.95)):
+    for name, cosine in (("bilinear", 0.90), ("wrc", 0.95)):  # version-0 records, as committed before the schema
         metrics = {"cosine": cosine, "rel_l2": 0.3, "cosine_2x": 0.9, "miou": 0.8, "boundary_f": 0.7}
         record = {"protocol": "synthetic", "model": {"name": name}, "metrics": metrics}
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
-    markdown, _ = build_table(collect([tmp_path]), "synthetic", ["cosine", "miou"])
-    assert markdown.splitlines() == ["| upsampler | cosine | miou |", "| --- | ---: | ---: |",
+    markdown, _ = build_table(collect([tmp_path]).records, "synthetic", ["cosine", "miou"])
+    assert markdown.splitlines() == ["| upsampler | cosine ↑ | miou ↑ |", "| --- | ---: | ---: |",
                                      "| wrc | 0.9500 | 0.8000 |", "| bilinear | 0.9000 | 0.8000 |"]
     assert tables_main(["synthetic", str(tmp_path)]) == 0
 
@@ -152,7 +153,7 @@ def test_wrc_clearly_beats_converse2d_and_bilinear_on_a_fixed_seed(tmp_path):
     assert benchmark_main(["--methods", "bilinear", "nearest", "wrc", "converse2d", "--steps", "100",
                            "--train-scenes", "64", "--test-scenes", "8", "--probe-scenes", "6",
                            "--work-dir", str(tmp_path / "runs"), "--out", str(out), "--device", "cpu"]) == 0
-    results = {p.stem: json.loads(p.read_text())["metrics"] for p in out.glob("*.json")}
+    results = {p.stem: read_record(p).metrics for p in out.glob("*.json")}
     assert set(results) == {"ground_truth", "bilinear", "nearest", "wrc", "converse2d"}
     assert results["ground_truth"]["cosine"] == pytest.approx(1.0) and results["ground_truth"]["miou"] == 1.0
     wrc, converse2d = results["wrc"], results["converse2d"]
@@ -163,5 +164,5 @@ def test_wrc_clearly_beats_converse2d_and_bilinear_on_a_fixed_seed(tmp_path):
     assert converse2d["cosine"] > bilinear["cosine"] + 0.005 and converse2d["rel_l2"] < bilinear["rel_l2"] - 0.01
     assert bilinear["cosine"] > nearest["cosine"] and bilinear["boundary_f"] > nearest["boundary_f"]
     table = (out / "synthetic.md").read_text()
-    assert table.startswith("# synthetic\n\n- device: ") and "\n| upsampler | cosine | rel_l2 |" in table
+    assert table.startswith("# synthetic\n\n- device: ") and "\n| upsampler | cosine ↑ | rel_l2 ↓ |" in table
     assert (tmp_path / "runs" / "wrc" / "checkpoints").is_dir()  # resumable run directory

@@ -1,0 +1,1 @@
+"""Evaluation protocols, one module each; the registry (evaluation.protocol.PROTOCOLS) imports every module here."""
