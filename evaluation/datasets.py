@@ -13,6 +13,9 @@ Label conventions (stated, since papers differ):
   the paper's centre square instead of the full (resized) frame.
 - COCO-Stuff-27: the curated image lists; fine ids 0..181 mapped to the 27 coarse classes, 255 ignored.
 - NYUv2 depth: 16-bit PNGs in millimetres (``depth_scale=1000``) or another scale; 0 = invalid.
+
+Images go through ``wrc.data.read_rgb`` (8-bit / 255, 16-bit / 65535, as in training); label and depth maps are
+read as the integers stored in the file (palette indices, never colours) and must be single-channel.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
+
+from wrc.data.io import read_rgb
 
 IGNORE = 255
 
@@ -96,18 +101,29 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, target_path = self.pairs[index]
-        image = torch.from_numpy(np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32) / 255.0)
+        image = read_rgb(image_path)
         target = torch.from_numpy(self.decode(target_path))[None]
-        image = resize_crop(image.permute(2, 0, 1), self.size, "bilinear", self.square).clamp(0, 1)
+        image = resize_crop(image, self.size, "bilinear", self.square).clamp(0, 1)
         target = resize_crop(target.float(), self.size, "nearest", self.square)[0]
         key = "label" if self.kind == "segmentation" else "depth"
         value = target.long() if self.kind == "segmentation" else target
         return {"image": image, key: value, "name": image_path.stem}
 
 
+def read_single_channel(path: Path, dtype: type, what: str) -> np.ndarray:
+    """The stored values of a one-channel image (palette indices for "P", 16-bit values for "I;16", ...)."""
+    with Image.open(path) as image:
+        values = np.asarray(image).astype(dtype)
+        if values.ndim != 2:
+            raise ValueError(
+                f"{path}: a {what} must be a single-channel image (modes L, P, I;16, I, F); got mode {image.mode!r}"
+            )
+    return values
+
+
 def read_indices(path: Path) -> np.ndarray:
     """The pixel values of a label PNG (palette indices for "P" images, never converted to RGB)."""
-    return np.asarray(Image.open(path), dtype=np.int64)
+    return read_single_channel(path, np.int64, "label map")
 
 
 def voc2012(root: str | Path, split: str, size: int | None = 448) -> PairedDataset:
@@ -200,7 +216,7 @@ def nyuv2(root: str | Path, split: str, size: int | None = 448, depth_scale: flo
     pairs = [(image, depths / image.name) for image in sorted(images.glob("*.png"))]
 
     def decode(path: Path) -> np.ndarray:
-        return np.asarray(Image.open(path), dtype=np.float32) / depth_scale
+        return read_single_channel(path, np.float32, "depth map") / depth_scale
 
     return PairedDataset(pairs, decode, size, "depth", None, "nyuv2")
 

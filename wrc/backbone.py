@@ -10,6 +10,13 @@ Image-size policy (``size_policy``): a ViT needs H and W to be multiples of its 
 - ``"pad"``: replicate-pad right/bottom to the next multiple; token (i, j) covers exactly pixels
   [iP, (i+1)P) x [jP, (j+1)P) of the original image, the last row/column partly padding.
 - ``"crop"``: centre-crop down to a multiple (loses at most P - 1 pixels per side pair).
+
+Inputs are checked (cheaply: one min/max reduction): a (B, 3, H, W) floating-point RGB tensor in [0, 1] with no
+NaN or infinity, so that uint8 or mean/std-normalised images fail loudly instead of giving plausible features.
+
+Offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` set, or the weights' host not answering a 1.5 s TCP
+connect), pretrained weights come straight from the local huggingface_hub or torch hub cache, or fail at once
+with the message saying which ``backbone.weights`` to pass, instead of after a minute of hub retries.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import sys
+import threading
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -39,6 +49,122 @@ class BackboneWeightsError(RuntimeError):
 
 RANDOM_INIT_SEED = 0
 HEAD_KEYS = ("head.", "fc_norm.", "head_drop.")  # classifier parts a feature backbone drops
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+HUB_CHECK_TIMEOUT_S = 1.5
+EXPLICIT_SOURCES = ("hf-hub:", "local-dir:")  # timm names that say where their weights are
+SAFE_ALTERNATIVES = {"pytorch_model.bin": "model.safetensors",
+                     "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}
+IMAGE_TOLERANCE = 1e-3  # how far outside [0, 1] an image may stray (interpolation rounding)
+WEIGHTS_HELP = ("Without network access pass backbone.weights=/path/to/checkpoint.(safetensors|pth) for a local "
+                "file, or backbone.weights=random for a random initialisation.")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = HUB_CHECK_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds, DNS included (run in a daemon
+    thread, since a hanging resolver ignores socket timeouts)."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="wrc-hub-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _safe_alternative(filename: str) -> str | None:
+    """The safetensors file timm tries before a pickled ``.bin`` one (timm.models._hub._get_safe_alternatives)."""
+    if filename in SAFE_ALTERNATIVES:
+        return SAFE_ALTERNATIVES[filename]
+    return filename[: -len(".bin")] + ".safetensors" if filename.endswith(".bin") else None
+
+
+def _pretrained_source(name: str) -> tuple[str | None, list[str], str | None]:
+    """(hub repo id with optional @revision, candidate file names, url) timm would load ``name``'s weights from."""
+    cfg = timm.models.get_pretrained_cfg(name) if not name.startswith(EXPLICIT_SOURCES) else None
+    if cfg is None:
+        return None, [], None
+    filename = cfg.hf_hub_filename or "pytorch_model.bin"
+    candidates = [f for f in (_safe_alternative(filename), filename) if f]
+    return cfg.hf_hub_id or None, candidates, cfg.url or None
+
+
+def offline_reason(name: str) -> str | None:
+    """Why pretrained weights of ``name`` cannot be downloaded now (None: go online, as timm does)."""
+    for variable in OFFLINE_VARIABLES:
+        if _flag(variable):
+            return f"{variable}={os.environ[variable]}"
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE was set when huggingface_hub was imported"
+        endpoint = constants.ENDPOINT
+    except ImportError:
+        endpoint = "https://huggingface.co"
+    if any(os.environ.get(variable) for variable in PROXY_VARIABLES):
+        return None  # behind a proxy a direct connection says nothing: let the hub client decide
+    hub_id, _, url = _pretrained_source(name)
+    host = urlparse(endpoint if hub_id else (url or endpoint)).hostname
+    if host and not host_reachable(host):
+        return f"{host} did not answer within {HUB_CHECK_TIMEOUT_S:g} s"
+    return None
+
+
+def cached_pretrained_file(name: str) -> Path | None:
+    """The local copy of ``name``'s pretrained weights in the huggingface_hub cache (or torch hub's), if any."""
+    hub_id, candidates, url = _pretrained_source(name)
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        repo, _, revision = hub_id.partition("@")
+        for filename in candidates if try_to_load_from_cache is not None else []:
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+    if url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_pretrained(name: str) -> nn.Module:
+    """timm's pretrained model; offline, from the local cache or a fast clear error (module docstring).
+
+    ``hf-hub:`` and ``local-dir:`` names go to timm unchanged: their weights' location is theirs to resolve.
+    """
+    overlay = None
+    reason = None if name.startswith(EXPLICIT_SOURCES) else offline_reason(name)
+    if reason is not None:
+        cached = cached_pretrained_file(name)
+        if cached is None:
+            raise BackboneWeightsError(
+                f"could not load pretrained weights for backbone.name={name!r}: offline ({reason}) and not in the "
+                f"local huggingface_hub or torch hub cache. {WEIGHTS_HELP}"
+            )
+        log.info("offline (%s): loading backbone %s from the local cache %s", reason, name, cached)
+        overlay = {"file": str(cached)}
+    try:
+        return timm.create_model(name, pretrained=True, dynamic_img_size=True, num_classes=0,
+                                 pretrained_cfg_overlay=overlay)
+    except Exception as err:  # network, hub or cache failures all end here
+        raise BackboneWeightsError(
+            f"could not load pretrained weights for backbone.name={name!r} ({type(err).__name__}: {err}). "
+            f"{WEIGHTS_HELP}"
+        ) from None
 
 
 def _load_weights(name: str, weights: str) -> nn.Module:
@@ -52,14 +178,7 @@ def _load_weights(name: str, weights: str) -> nn.Module:
             torch.manual_seed(RANDOM_INIT_SEED)
             return timm.create_model(name, pretrained=False, dynamic_img_size=True, num_classes=0)
     if weights == "pretrained":
-        try:
-            return timm.create_model(name, pretrained=True, dynamic_img_size=True, num_classes=0)
-        except Exception as err:  # network, hub or cache failures all end here
-            raise BackboneWeightsError(
-                f"could not load pretrained weights for backbone.name={name!r} ({type(err).__name__}: {err}). "
-                "Without network access pass backbone.weights=/path/to/checkpoint.(safetensors|pth) "
-                "for a local file, or backbone.weights=random for a random initialisation."
-            ) from None
+        return _load_pretrained(name)
     path = Path(os.path.expanduser(weights))
     if not path.is_file():
         raise BackboneWeightsError(
@@ -87,6 +206,28 @@ def _load_weights(name: str, weights: str) -> nn.Module:
         )
     log.info("backbone %s loaded from %s", name, path)
     return model
+
+
+def check_image(image: torch.Tensor) -> None:
+    """Raise a ValueError naming ``image`` unless it is (B, 3, H, W) floating RGB in [0, 1] and finite."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a torch.Tensor (B, 3, H, W) RGB in [0, 1]; got {type(image).__name__}")
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be a floating-point tensor in [0, 1]; got dtype {image.dtype} "
+                         "(for uint8 pixels pass image.float() / 255)")
+    if image.numel() == 0:
+        return
+    # one reduction and one device sync; NaN propagates into both values, an infinity into one
+    low, high = torch.stack(tuple(torch.aminmax(image.detach()))).float().tolist()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"image must be finite; it holds NaN or infinite values (min {low}, max {high})")
+    if low < -IMAGE_TOLERANCE or high > 1 + IMAGE_TOLERANCE:
+        raise ValueError(
+            f"image must hold RGB values in [0, 1]; got values in [{low:.4g}, {high:.4g}] (pass unnormalised images: "
+            "the backbone applies its own mean and std; 0-255 pixels must be divided by 255)"
+        )
 
 
 class FrozenBackbone(nn.Module):
@@ -171,9 +312,11 @@ class FrozenBackbone(nn.Module):
         return max(1, round(height / p)), max(1, round(width / p))
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
-        """Apply the size policy so that both sides are multiples of the patch size."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}")
+        """Check ``image`` and apply the size policy so that both sides are multiples of the patch size."""
+        check_image(image)
+        return self._fit_to_patches(image)
+
+    def _fit_to_patches(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
         h, w = self.grid_size(height, width)
         p = self.patch_size
@@ -194,8 +337,9 @@ class FrozenBackbone(nn.Module):
         the image is taken as is (no size policy), the grid is ((H - P) // stride + 1, ...) and the
         position embeddings are interpolated to it. None = the patch size (the model's own tokens).
         """
+        check_image(image)
         if stride is None:
-            image = self.prepare(image)
+            image = self._fit_to_patches(image)
             stride = self.patch_size
         elif stride < 1 or self.patch_size % stride:
             raise ValueError(f"stride must divide the patch size {self.patch_size}; got {stride}")

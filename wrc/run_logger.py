@@ -1,9 +1,14 @@
-"""Metric logging for a run: a JSONL file always, TensorBoard and wandb when asked; main process only."""
+"""Metric logging for a run: a JSONL file always, TensorBoard and wandb when asked; main process only.
+
+``metrics.jsonl`` survives crashes: a torn last line (kill or power loss mid-write) is dropped with a warning by
+every reader and before appending; a damaged line elsewhere is an error naming the file and line.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +19,68 @@ log = logging.getLogger("wrc")
 METRICS_FILE = "metrics.jsonl"
 
 
+class CorruptMetricsError(ValueError):
+    """A line of metrics.jsonl other than the last is not a JSON record; the message names the file and line."""
+
+
+def _records(path: Path) -> tuple[list[tuple[dict[str, Any], bytes]], bool]:
+    """(record, raw line) pairs of a metrics file, and whether a torn last line was dropped.
+
+    Only the last line can be torn (a write cut short by a kill or a power loss, possibly padded with NUL
+    bytes): it is dropped with a warning. A bad line anywhere else means the file was damaged otherwise, so
+    it is an error naming the file and line number rather than a silent gap in the history.
+    """
+    lines = [(number, line) for number, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if position == len(lines) - 1:
+                log.warning("%s: dropped its torn last line %d (%d bytes; a write cut short by a kill or a power "
+                            "loss)", path, number, len(line))
+                return records, True
+            raise CorruptMetricsError(
+                f"{path}, line {number}: not a JSON record ({err}); only the last line can be torn by a crash, "
+                "so the file was damaged otherwise: repair or delete that line"
+            ) from None
+        records.append((record, line))
+    return records, False
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    atomic_write_text(path, "".join(line.decode("utf-8") + "\n" for line in lines))
+
+
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
-    """Drop records after ``last_step`` (written by a run that was killed after its last checkpoint)."""
+    """Drop records after ``last_step`` (written by a run that was killed after its last checkpoint) and a torn
+    last line."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= last_step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    records, _ = _records(path)
+    _rewrite(path, [line for record, line in records if record.get("step", 0) <= last_step])
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``run_dir/metrics.jsonl`` (a torn last line is left out, with a warning)."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    return [record for record, _ in _records(path)[0]] if path.is_file() else []
+
+
+def repair_torn_tail(path: Path) -> None:
+    """Before appending: a file not ending in a newline gets its torn last line dropped (or its newline back),
+    so that the next record cannot be glued onto a partial one."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+    records, _ = _records(path)
+    _rewrite(path, [line for _, line in records])
 
 
 class RunLogger:
@@ -45,6 +100,7 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        repair_torn_tail(self.run_dir / METRICS_FILE)
         self._file = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
             try:

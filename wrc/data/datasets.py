@@ -2,8 +2,11 @@
 
 Items are requested as ``(index, sample_seed)`` pairs (see ``wrc.data.sampler``) so that crops and
 flips are a function of the seed alone. Each item is ``{"image": (3, S, S) in [0, 1],
-"num_skipped": n}``, where ``n`` counts the unreadable files skipped to produce it: the training
-loop sums these, so corrupt files are reported with a count instead of crashing a long run.
+"num_skipped": n}``, where ``n`` counts the files skipped to produce it: the training loop sums these,
+so bad files are reported with a count instead of crashing a long run. Skipped (with a warning naming the
+file): unreadable or truncated files, unsupported pixel modes and decompression bombs (``wrc.data.io``),
+and images whose short side is below ``min_size`` pixels (default 16, the largest patch of the configured
+backbones; ``data.min_size``): such an image would otherwise be upscaled into a crop of blurred pixels.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import random
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
+from wrc.data.io import decode_rgb
 from wrc.data.samples import TRAIN_SEED_OFFSET, VAL_SEED_OFFSET, generate_scene
-from wrc.data.transforms import resized_crop, to_tensor
+from wrc.data.transforms import Pixels, resized_crop, to_tensor
 
 log = logging.getLogger("wrc")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 MAX_CONSECUTIVE_FAILURES = 50
+MIN_IMAGE_SIZE = 16  # pixels: one patch of the largest-patch backbones configured (ViT-*/16)
 
 
 def find_images(root: str | os.PathLike, argument: str = "data.root") -> list[Path]:
@@ -42,22 +47,38 @@ def find_images(root: str | os.PathLike, argument: str = "data.root") -> list[Pa
     return files
 
 
+class ImageTooSmallError(ValueError):
+    """A training image smaller than ``min_size`` pixels; the message names the file and its size."""
+
+
 class ImageFolder(Dataset):
-    """Every jpg/png/webp below ``root``; random (train) or centre (eval) square crops of ``image_size``."""
+    """Every jpg/png/webp below ``root``; random (train) or centre (eval) square crops of ``image_size``.
+
+    Images whose short side is below ``min_size`` pixels are skipped and counted (see the module docstring),
+    not upscaled: a skip keeps a long run alive where an error would end it.
+    """
 
     def __init__(self, root: str | os.PathLike, image_size: int, *, train: bool = True, min_scale: float = 0.5,
-                 argument: str = "data.root") -> None:
+                 argument: str = "data.root", min_size: int = MIN_IMAGE_SIZE) -> None:
         if image_size < 1:
             raise ValueError(f"data.image_size must be a positive number of pixels; got {image_size}")
+        if min_size < 1:
+            raise ValueError(f"data.min_size must be a positive number of pixels; got {min_size}")
         self.files = find_images(root, argument)
-        self.image_size, self.train, self.min_scale = image_size, train, min_scale
+        self.image_size, self.train, self.min_scale, self.min_size = image_size, train, min_scale, min_size
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, index: int) -> Image.Image:
-        with Image.open(self.files[index]) as image:
-            return image.convert("RGB")
+    def _load(self, index: int) -> Pixels:
+        pixels = decode_rgb(self.files[index])
+        height, width = pixels.shape[:2]
+        if min(height, width) < self.min_size:
+            raise ImageTooSmallError(
+                f"{self.files[index]} is {width}x{height} pixels, smaller than data.min_size={self.min_size} "
+                "(one patch)"
+            )
+        return pixels
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, seed = item if isinstance(item, tuple) else (item, item)
@@ -65,13 +86,16 @@ class ImageFolder(Dataset):
             candidate = (index + skipped) % len(self)
             try:
                 image = self._load(candidate)
-            except (OSError, UnidentifiedImageError, ValueError) as err:
-                log.warning("skipping unreadable image %s (%s)", self.files[candidate], err)
+            # OSError: unreadable or truncated (UnidentifiedImageError too); ValueError: UnreadableImageError,
+            # ImageTooSmallError; SyntaxError: what Pillow raises for some malformed chunks
+            except (OSError, ValueError, SyntaxError) as err:
+                log.warning("skipping image %s (%s)", self.files[candidate], err)
                 continue
             rng = random.Random(seed) if self.train else None
             image = resized_crop(image, self.image_size, rng, self.min_scale)
             return {"image": to_tensor(image), "num_skipped": skipped}
-        raise RuntimeError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.files[index]}")
+        raise RuntimeError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable or too small images from "
+                           f"{self.files[index]}: is data.root a folder of images?")
 
 
 class SampleImages(Dataset):
@@ -103,7 +127,7 @@ def build_dataset(cfg: dict, *, train: bool = True) -> Dataset:
     name = cfg.get("name")
     common = {"train": train, "min_scale": cfg.get("min_scale", 0.5)}
     if name == "image_folder":
-        return ImageFolder(cfg.get("root"), cfg["image_size"], **common)
+        return ImageFolder(cfg.get("root"), cfg["image_size"], min_size=cfg.get("min_size", MIN_IMAGE_SIZE), **common)
     if name == "samples":
         return SampleImages(cfg.get("num_images", 64), cfg["image_size"], **common)
     raise ValueError(f"unknown data.name={name!r}; expected 'image_folder' or 'samples'")

@@ -1,4 +1,4 @@
-"""Image loading and the deterministic crop policy shared by every dataset."""
+"""Pixels to tensors and the deterministic crop policy shared by every dataset."""
 
 from __future__ import annotations
 
@@ -9,29 +9,52 @@ import numpy as np
 import torch
 from PIL import Image
 
+from wrc.data.io import array_to_tensor
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float tensor (3, H, W) in [0, 1]."""
+Pixels = Image.Image | np.ndarray  # PIL RGB, or (H, W, 3) from wrc.data.io.decode_rgb (uint8 or float in [0, 1])
+
+
+def to_tensor(image: Pixels) -> torch.Tensor:
+    """PIL RGB or decoded pixels -> float tensor (3, H, W) in [0, 1]."""
+    if isinstance(image, np.ndarray):
+        return array_to_tensor(image)
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def resized_crop(image: Image.Image, size: int, rng: random.Random | None, min_scale: float = 1.0) -> Image.Image:
+def resized_crop(image: Pixels, size: int, rng: random.Random | None, min_scale: float = 1.0) -> Pixels:
     """Square crop of ``size`` pixels.
 
     With ``rng`` (training): a random crop covering a fraction in [min_scale, 1] of the short side's
     square, at a random position, random horizontal flip. Without (evaluation): resize the short side
     to ``size`` and take the centre. Randomness comes only from ``rng``, seeded per sample, so data
     order and augmentation are reproducible across workers and across a resume.
+
+    8-bit pixels (PIL or uint8) are resampled as an RGB image and returned as one; float pixels (16-bit
+    sources) channel by channel in float32, with the same geometry and filter, and returned as an array.
     """
-    width, height = image.size
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        image = Image.fromarray(image)
+    height, width = image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width)
     short = min(width, height)
     if rng is None:
         side, left, top = short, (width - short) // 2, (height - short) // 2
     else:
         side = max(1, int(round(short * math.sqrt(rng.uniform(min_scale, 1.0)))))
         left, top = rng.randint(0, width - side), rng.randint(0, height - side)
-    image = image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
-    if rng is not None and rng.random() < 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return image
+    flip = rng is not None and rng.random() < 0.5
+    box = (left, top, left + side, top + side)
+    if isinstance(image, np.ndarray):
+        return _resize_float(image, size, box, flip)
+    image = image.resize((size, size), Image.BICUBIC, box=box)
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if flip else image
+
+
+def _resize_float(pixels: np.ndarray, size: int, box: tuple[int, int, int, int], flip: bool) -> np.ndarray:
+    """Bicubic resize of float (H, W, 3) pixels, one 32-bit float ("F") channel at a time, clipped to [0, 1]."""
+    channels = []
+    for c in range(pixels.shape[2]):
+        channel = Image.fromarray(np.ascontiguousarray(pixels[..., c], dtype=np.float32))
+        channel = channel.resize((size, size), Image.BICUBIC, box=box)
+        channels.append(np.asarray(channel.transpose(Image.FLIP_LEFT_RIGHT) if flip else channel))
+    return np.stack(channels, axis=2).clip(0.0, 1.0)
