@@ -67,3 +67,61 @@ def test_protocol_config_composes_from_its_dataclass(name):
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "config" / "eval")):
         cfg = compose("evaluate", overrides=[f"protocol={name}", "backbone=test_vit"])
     assert dict(cfg.protocol) == dataclasses.asdict(get_protocol(name).settings({}))
+
+
+TOY_PROTOCOL = '''
+from dataclasses import dataclass
+
+from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
+
+
+@dataclass
+class ToySettings:
+    side: int = 32
+
+
+@register_protocol
+class MeanFeature(Protocol):
+    name = "toy_mean_feature"
+    Settings = ToySettings
+    table = TableSpec(columns=(Column("mean"),), headline=("mean",), per_dataset=False)
+
+    def run(self, extractor, settings, run_dir):
+        import torch
+
+        features = extractor(torch.full((1, 3, settings.side, settings.side), 0.5))
+        return Evaluation(metrics={"mean": float(features.mean())}, dataset={"name": "grey", "split": None,
+                                                                             "root": None})
+'''
+
+
+def test_a_protocol_is_one_file_and_one_yaml(tmp_path, monkeypatch, test_vit):
+    """A toy protocol in a temporary module (added to the package path, as a new file in evaluation/protocols/
+    would be) is found by the registry, runs through evaluate(), tabulates, and composes with its YAML."""
+    import evaluation.protocols
+    from evaluation.protocol import PROTOCOLS
+    from evaluation.records import collect
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "toy_mean_feature.py").write_text(TOY_PROTOCOL)
+    (tmp_path / "conf" / "protocol").mkdir(parents=True)
+    (tmp_path / "conf" / "protocol" / "toy_mean_feature.yaml").write_text(
+        "defaults:\n  - toy_mean_feature_schema\n  - _self_\nside: 48\n")
+    monkeypatch.setattr(evaluation.protocols, "__path__", [*evaluation.protocols.__path__, str(tmp_path / "pkg")])
+    try:
+        assert "toy_mean_feature" in list_protocols()
+        record = evaluate("toy_mean_feature", build_extractor(test_vit, "bilinear"), {}, tmp_path / "run")
+        assert isinstance(record.metrics["mean"], float) and record.config == {"side": 32}
+        assert "| bilinear |" in build_table(collect([tmp_path / "run"]).records, "toy_mean_feature")[0]
+        register_schemas()
+        with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "config" / "eval")):
+            searchpath = f"hydra.searchpath=[file://{REPO_ROOT / 'config'},file://{tmp_path / 'conf'}]"
+            cfg = compose("evaluate", overrides=["protocol=toy_mean_feature", searchpath, "protocol.side=64"])
+        assert cfg.protocol.side == 64
+        with pytest.raises(ValueError, match="evaluation protocol name 'toy_mean_feature' is already registered"):
+            class Again(PROTOCOLS.get("toy_mean_feature")):
+                name = "toy_mean_feature"
+
+            PROTOCOLS.register(Again)
+    finally:
+        PROTOCOLS.unregister("toy_mean_feature")
