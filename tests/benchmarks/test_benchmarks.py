@@ -15,3 +15,24 @@ def test_quickstart_snapshot_matches_the_experiment_config():
         "benchmarks/configs/quickstart.json is stale: regenerate it from "
         "`python train_wrc.py experiment=quickstart --cfg job` (without run_dir, name, evaluate)"
     )
+
+
+def test_committed_results_record_commands_as_typed_never_machine_paths():
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    absolute = re.compile(r"(/root/|/home/|/work/|/Users/|\.pyenv|site-packages)")
+    offenders = [str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "benchmarks" / "results").rglob("*")
+                 if p.suffix in (".md", ".json", ".csv") and absolute.search(p.read_text())]
+    assert not offenders
+
+
+def test_commands_are_written_as_a_user_types_them():
+    from wrc.provenance import REPO_ROOT, command_line
+
+    assert command_line([str(REPO_ROOT / "benchmarks" / "bench_srt.py"), "--x"], "benchmarks.bench_srt") == \
+        "python -m benchmarks.bench_srt --x"
+    script = str(REPO_ROOT / "train_wrc.py")
+    assert command_line([script, "model=lift", "a=b c"]) == "python train_wrc.py model=lift 'a=b c'"
+    assert command_line(["/usr/bin/pytest", "-q"]) == "pytest -q"
