@@ -5,6 +5,10 @@
     python train_wrc.py model=lift backbone=dinov2_vits14 data.root=/data/imagenet/train
     torchrun --nproc_per_node=8 train_wrc.py model=lift data.root=...
     python train_wrc.py --help                                    # config groups and the full config
+
+The defaults of the top-level keys, train.*, logger.* and optimizer.* are the dataclasses of wrc/settings.py;
+``register_configs`` puts them in Hydra's ConfigStore, where config/train.yaml and config/optimizer/adamw.yaml
+take them from (their defaults lists), so the YAML files restate none and Hydra type-checks every override.
 """
 
 from __future__ import annotations
@@ -12,25 +16,40 @@ from __future__ import annotations
 import logging
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.wrc_resolvers import register_resolvers
+from evaluation.report_settings import ReportSettings
+from wrc.settings import Optimizer, RunSettings
 
-register_resolvers()
+# ConfigStore name -> the dataclass whose fields are that config's keys and defaults.
+SETTINGS = {"run_settings": RunSettings, "optimizer_settings": Optimizer, "report_settings": ReportSettings}
 log = logging.getLogger("wrc")
+
+
+def register_configs() -> None:
+    """Store wrc.settings' dataclasses in Hydra's ConfigStore (config/train.yaml and config/optimizer/adamw.yaml
+    name them in their defaults lists); safe to call any number of times."""
+    store = ConfigStore.instance()
+    for name, node in SETTINGS.items():
+        store.store(name=name, node=node)
+
+
+register_configs()
 
 
 def run(config: dict) -> dict:
     """Train, then (on the main process) evaluate and draw; returns the output paths and metrics."""
-    from evaluation.report import report_training_run
+    from evaluation.report import report_settings, report_training_run
     from wrc.distributed import shutdown_distributed
     from wrc.training import train
 
+    report = report_settings(config.get("evaluate"))  # checked before training, not after hours of it
     try:
         result = train(config)
         outputs = {"run_dir": result.run_dir, "checkpoint": result.checkpoint}
-        if result.is_main and config.get("evaluate", {}).get("enabled", False):
-            outputs.update(report_training_run(result.run_dir, result.backbone, result.upsampler, config["evaluate"]))
+        if result.is_main and report.enabled:
+            outputs.update(report_training_run(result.run_dir, result.backbone, result.upsampler, report))
     finally:
         shutdown_distributed()
     if result.is_main:
@@ -48,4 +67,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # Hydra finds the resolvers in hydra_plugins too, but not in every install layout. Imported here, so that
+    # importing this module (tests) stores the settings and registers nothing else.
+    from hydra_plugins.wrc_resolvers import register_resolvers
+
+    register_resolvers()
     main()

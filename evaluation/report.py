@@ -3,15 +3,14 @@ figure, on held-out images.
 
 Each method's result is a ResultRecord in ``run_dir/evaluation/fidelity/<name>/result.json`` (so
 ``python -m evaluation.tables fidelity <run_dir>`` tabulates it); ``run_dir/metrics.json`` gathers their
-metrics by name for a quick look. The settings (``evaluate.*`` in config/train.yaml) are validated by
-``report_settings`` before training starts, not after hours of it.
+metrics by name for a quick look. The settings (``evaluate.*`` in config/train.yaml, defaults in
+evaluation/report_settings.py) are validated by ``report_settings`` before training starts, not after hours of it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from evaluation.protocol import evaluate, settings_from_mapping
 from evaluation.protocols.fidelity import FidelitySettings, large_image, load_eval_images
+from evaluation.report_settings import ReportSettings
 from utils.visualization import comparison_figure, save_figure
 from wrc.extractor import Backbone, DenseFeatureExtractor, build_extractor
 from wrc.upsamplers import Upsampler, list_upsamplers
@@ -26,37 +26,20 @@ from wrc.upsamplers import Upsampler, list_upsamplers
 QUERY = (0.45, 0.55)  # (y, x) of the similarity-map query, in [0, 1)
 
 
-@dataclass
-class ReportSettings:
-    enabled: bool = True
-    root: str | None = None  # held-out images; None = the built-in held-out sample scenes
-    num_images: int = 8
-    image_size: int = 224
-    scale: int = 2
-    baselines: list[str] = field(default_factory=lambda: ["bilinear"])
-    figure: bool = True
-
-    def __post_init__(self) -> None:
-        FidelitySettings(root=self.root, num_images=self.num_images, image_size=self.image_size, scale=self.scale)
-        unknown = [name for name in self.baselines if name not in list_upsamplers()]
-        if unknown:
-            raise ValueError(f"evaluate.baselines: unknown upsampler(s) {unknown}; available: "
-                             f"{', '.join(list_upsamplers())}")
-        if self.root is not None and not Path(self.root).is_dir():
-            raise ValueError(f"evaluate.root={self.root!r} is not a folder of held-out images")
-
-    def fidelity(self) -> FidelitySettings:
-        return FidelitySettings(root=self.root, num_images=self.num_images, image_size=self.image_size,
-                                scale=self.scale)
-
-
 def report_settings(given: Mapping[str, Any] | None) -> ReportSettings:
-    """``evaluate.*`` with defaults filled in; an unknown key or a bad value is an error naming it."""
-    try:
-        return settings_from_mapping(ReportSettings, dict(given or {}), where="evaluate")
-    except ValueError as err:
-        message = str(err).replace("protocol.", "evaluate.")
-        raise ValueError(message) from None
+    """``evaluate.*`` with defaults filled in; an unknown key, a bad value or an unknown baseline is an error naming
+    it (train_wrc.py asks before training starts)."""
+    settings = settings_from_mapping(ReportSettings, dict(given or {}), where="evaluate")
+    unknown = [name for name in settings.baselines if name not in list_upsamplers()]
+    if unknown:
+        raise ValueError(f"evaluate.baselines: unknown upsampler(s) {unknown}; available: "
+                         f"{', '.join(list_upsamplers())}")
+    return settings
+
+
+def fidelity_settings(settings: ReportSettings) -> FidelitySettings:
+    return FidelitySettings(root=settings.root, num_images=settings.num_images, image_size=settings.image_size,
+                            scale=settings.scale)
 
 
 @torch.no_grad()
@@ -92,7 +75,7 @@ def report_training_run(run_dir: Path, backbone: Backbone, upsampler: Upsampler,
     results, records = {}, []
     for name, extractor in extractors.items():
         folder = run_dir / "evaluation" / "fidelity" / name
-        record = evaluate("fidelity", extractor, settings.fidelity(), folder)
+        record = evaluate("fidelity", extractor, fidelity_settings(settings), folder)
         results[name] = record.metrics
         records.append(str((folder / "result.json").relative_to(run_dir)))
     metrics_path = run_dir / "metrics.json"

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.wrc_resolvers import strip_tag
 from tests.conftest import CONFIG_DIR, REPO_ROOT
+from train_wrc import register_configs
 from wrc.build import build_backbone, build_objective, build_optimizer, build_upsampler
 from wrc.data import build_dataset
 
@@ -22,6 +23,8 @@ def options(group: str) -> list[str]:
 
 
 def compose_train(*overrides: str) -> dict:
+    """config/train.yaml composed as train_wrc.py composes it (wrc.settings' dataclasses in the ConfigStore)."""
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["run_dir=/tmp/unused", *overrides])
@@ -115,8 +118,11 @@ def test_cfg_job_prints_a_readable_config():
 
 
 def test_resolvers_are_discovered_by_hydra_without_explicit_registration(tmp_path):
-    """Hydra imports hydra_plugins/* at start-up, so a bare compose resolves ${wrc.strip_tag:...}."""
+    """Hydra imports hydra_plugins/* at start-up, so a bare compose resolves ${wrc.strip_tag:...}. (Importing
+    train_wrc stores wrc.settings' dataclasses in the ConfigStore, which train.yaml needs; it registers no
+    resolver: train_wrc does that only when run.)"""
     script = (
+        "import train_wrc\n"
         "from hydra import compose, initialize_config_dir\n"
         "from omegaconf import OmegaConf\n"
         f"with initialize_config_dir(version_base='1.3', config_dir={str(CONFIG_DIR)!r}):\n"

@@ -1,19 +1,47 @@
-"""wrc: dense features from frozen vision transformers with swappable, trainable upsamplers."""
+"""wrc: dense features from frozen vision transformers with swappable, trainable upsamplers.
 
-from wrc.backbone import FrozenBackbone
-from wrc.checkpoint import load_upsampler
-from wrc.extractor import DenseFeatureExtractor
-from wrc.upsamplers import Upsampler, create_upsampler, list_upsamplers, register_upsampler
+The public names are imported on first use (PEP 562), so ``import wrc.settings`` (what the Hydra entry
+points need before composing) does not pay for importing timm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DenseFeatureExtractor",
-    "FrozenBackbone",
-    "Upsampler",
-    "create_upsampler",
-    "list_upsamplers",
-    "load_upsampler",
-    "register_upsampler",
-    "__version__",
-]
+_EXPORTS = {
+    "DenseFeatureExtractor": "wrc.extractor",
+    "build_extractor": "wrc.extractor",
+    "FrozenBackbone": "wrc.backbone",
+    "load_upsampler": "wrc.checkpoint",
+    "Upsampler": "wrc.upsamplers",
+    "create_upsampler": "wrc.upsamplers",
+    "list_upsamplers": "wrc.upsamplers",
+    "register_upsampler": "wrc.upsamplers",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from wrc.backbone import FrozenBackbone as FrozenBackbone
+    from wrc.checkpoint import load_upsampler as load_upsampler
+    from wrc.extractor import DenseFeatureExtractor as DenseFeatureExtractor
+    from wrc.extractor import build_extractor as build_extractor
+    from wrc.upsamplers import Upsampler as Upsampler
+    from wrc.upsamplers import create_upsampler as create_upsampler
+    from wrc.upsamplers import list_upsamplers as list_upsamplers
+    from wrc.upsamplers import register_upsampler as register_upsampler
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wrc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

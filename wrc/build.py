@@ -1,6 +1,7 @@
 """Build components from plain config dicts (the config groups backbone/, model/, objective/, optimizer/).
 
-Each group node has a ``name`` selecting a registered implementation; the other keys are its arguments.
+Each group node has a ``name`` selecting a registered implementation; the other keys are its arguments
+(the optimizer group's keys, defaults and checks are ``wrc.settings.Optimizer``).
 Runtime facts (channels, patch size) come from the built backbone, never from the config.
 """
 
@@ -14,6 +15,7 @@ import torch
 
 from wrc.backbone import FrozenBackbone
 from wrc.objectives import Objective, create_objective
+from wrc.settings import Optimizer
 from wrc.upsamplers import Upsampler, create_upsampler
 
 
@@ -40,22 +42,15 @@ def build_objective(cfg: Mapping[str, Any]) -> Objective:
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any], max_steps: int
+    params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any] | Optimizer, max_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with a constant or warm-up + cosine learning-rate schedule (stepped once per optimiser step)."""
-    name = cfg.get("name", "adamw")
-    if name != "adamw":
-        raise ValueError(f"unknown optimizer.name={name!r}; expected 'adamw'")
-    lr = float(cfg["lr"])
-    if not lr > 0:
-        raise ValueError(f"optimizer.lr must be positive; got {lr}")
-    optimizer = torch.optim.AdamW(
-        params, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), weight_decay=float(cfg.get("weight_decay", 0.0))
-    )
-    schedule, warmup = cfg.get("scheduler", "cosine"), int(cfg.get("warmup_steps", 0))
-    floor = float(cfg.get("min_lr_ratio", 0.0))
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"optimizer.scheduler={schedule!r}; expected 'cosine' or 'constant'")
+    """AdamW with a constant or warm-up + cosine learning-rate schedule (stepped once per optimiser step).
+
+    ``cfg`` is the optimizer group as a dict (a missing key takes its ``wrc.settings.Optimizer`` default, an
+    unknown one is refused) or an ``Optimizer`` already read."""
+    settings = cfg if isinstance(cfg, Optimizer) else Optimizer.from_mapping(cfg)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+    schedule, warmup, floor = settings.scheduler, settings.warmup_steps, settings.min_lr_ratio
 
     def factor(step: int) -> float:
         if step < warmup:

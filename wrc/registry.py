@@ -28,7 +28,9 @@ class Registry(Generic[T]):
         """Class decorator: make ``cls`` available under its ``name`` class attribute."""
         name = getattr(cls, "name", "")
         if not name:
-            raise ValueError(f"{cls.__qualname__} must set a class attribute `name` to register as a {self.kind}")
+            article = "an" if self.kind[0] in "aeiou" else "a"
+            raise ValueError(f"{cls.__qualname__} must set a class attribute `name` to register as {article} "
+                             f"{self.kind}")
         existing = self._classes.get(name)
         if existing is not None and _identity(existing) != _identity(cls):
             raise ValueError(
@@ -46,7 +48,11 @@ class Registry(Generic[T]):
         for info in pkgutil.iter_modules(package.__path__, prefix=f"{self.package}."):
             if info.name not in self._discovered and not info.name.rsplit(".", 1)[-1].startswith("_"):
                 self._discovered.add(info.name)
-                importlib.import_module(info.name)
+                try:
+                    importlib.import_module(info.name)
+                except BaseException:
+                    self._discovered.discard(info.name)  # the next lookup retries, and shows the real error again
+                    raise
 
     def names(self) -> list[str]:
         self.discover()

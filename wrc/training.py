@@ -1,20 +1,24 @@
 """train(config): the whole training loop, top to bottom, with no Hydra in sight.
 
 ``config`` is a plain nested dict with the groups backbone, model, objective, data, optimizer and the
-keys seed, device, precision, run_dir, resume, train and logger (see config/train.yaml). Under torchrun
-every process calls ``train``; rank 0 alone logs and writes checkpoints.
+keys seed, device, precision, run_dir, resume, train and logger; ``wrc.settings.RunSettings`` holds their
+defaults (config/train.yaml takes its own from there) and checks them all before anything is built. Under
+torchrun every process calls ``train``; rank 0 alone logs and writes checkpoints.
 
 Resuming is exact: the data order is a pure function of (seed, step) (``ResumableSampler``), crops
 are seeded per sample, and checkpoints hold the optimizer, scheduler and every rank's RNG states, so a
-run killed at any point and resumed produces the same losses as one that never stopped.
+run killed at any point and resumed produces the same losses as one that never stopped. A resume whose
+config changes anything that shapes the losses (``wrc.settings.config_changes``) is refused, listing the
+changes, unless ``resume_allow_changes=true``; then the run's old config.json is kept beside the new one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
-import subprocess
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -28,14 +32,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-import wrc
 from wrc.backbone import PRECISIONS, FrozenBackbone
 from wrc.build import build_backbone, build_objective, build_optimizer, build_upsampler
-from wrc.checkpoint import latest_checkpoint, load_train_state, prune_checkpoints, save_checkpoint
+from wrc.checkpoint import (
+    atomic_write_text,
+    clean_interrupted_writes,
+    latest_checkpoint,
+    load_train_state,
+    save_checkpoint,
+)
 from wrc.data import ResumableSampler, build_dataset, stack_batch
 from wrc.distributed import DistributedContext, init_distributed
 from wrc.objectives import Objective
+from wrc.provenance import code_version
+from wrc.run_lock import RunLock
 from wrc.run_logger import RunLogger, read_metrics, truncate_metrics
+from wrc.settings import RunSettings, SettingsError, config_changes
 from wrc.upsamplers import Upsampler
 
 log = logging.getLogger("wrc")
@@ -43,6 +55,10 @@ log = logging.getLogger("wrc")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message says at which step and what to try."""
+
+
+class ResumeConfigError(SettingsError):
+    """A resume would change settings that shape the losses; the message lists each with its old and new value."""
 
 
 @dataclass
@@ -71,16 +87,6 @@ class TrainStep(nn.Module):
         return self.objective(self._backbone[0], self.upsampler, images)
 
 
-def code_version() -> str:
-    """Package version plus the git commit, when run from a checkout."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{wrc.__version__}+{sha}" if sha else wrc.__version__
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -102,24 +108,68 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_run_dir(config: dict[str, Any]) -> tuple[Path, bool]:
-    """(run directory, whether to resume). ``resume`` may be false, true (this run_dir) or a run directory."""
+def resolve_run_dir(config: dict[str, Any]) -> tuple[Path, str]:
+    """(run directory, resume mode). ``resume`` may be false (a new run: ``"no"``), true (continue the checkpoints
+    of run_dir; there must be one: ``"required"``), ``auto`` (continue when there is a checkpoint, start fresh
+    otherwise: ``"auto"``) or a run directory to continue (``"required"``)."""
     resume = config.get("resume", False)
-    if isinstance(resume, str) and resume.lower() not in ("true", "false"):
+    text = str(resume).lower()
+    if isinstance(resume, str) and text not in ("true", "false", "auto"):
         run_dir = Path(resume)
         if not (run_dir / "checkpoints").is_dir():
             raise FileNotFoundError(f"resume={resume!r} is not a run directory with a checkpoints/ folder")
-        return run_dir, True
+        return run_dir, "required"
     if config.get("run_dir") is None:
         raise ValueError("run_dir is not set: pass run_dir=/path/for/outputs")
-    return Path(config["run_dir"]), str(resume).lower() == "true"
+    return Path(config["run_dir"]), {"true": "required", "auto": "auto"}.get(text, "no")
+
+
+def available_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, Slurm, containers) where the OS reports it."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(num_workers: int | None) -> int:
+    """``data.num_workers``; null (the default) means the cores available, shared by the processes torchrun
+    starts on this node, so a machine of any size is used without oversubscribing it."""
+    if num_workers is not None:
+        return int(num_workers)
+    return max(1, available_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast, on the CPU as on GPUs (small fp16 gradients underflow to zero without it);
+    a disabled scaler, which passes everything through, for fp32 and bf16."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def resume_changes(run_dir: Path, config: dict[str, Any], allow: bool) -> dict[str, tuple[Any, Any]]:
+    """The settings this resume changes against the run's config.json; a ``ResumeConfigError`` listing them
+    unless ``allow``. A missing or unreadable config.json is warned about, never fatal."""
+    saved = run_dir / "config.json"
+    try:
+        previous = json.loads(saved.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("cannot read %s (%s): the resumed run's configuration is not checked", saved, err)
+        return {}
+    changes = config_changes(previous, config)
+    if changes and not allow:
+        lines = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        raise ResumeConfigError(
+            f"resuming {run_dir} with settings that differ from its config.json (old -> new):\n{lines}\n"
+            "resume with the run's settings, or pass resume_allow_changes=true to continue with the new ones "
+            "(the old config.json is then kept as config.<checkpoint>.json)"
+        )
+    return changes
 
 
 def make_loader(config: dict[str, Any], dataset: Dataset, ctx: DistributedContext, start_step: int) -> DataLoader:
     data = config["data"]
     sampler = ResumableSampler(len(dataset), data["batch_size"], seed=config["seed"], rank=ctx.rank,
                                world_size=ctx.world_size, start_step=start_step)
-    workers = int(data.get("num_workers", 0))
+    workers = loader_workers(data.get("num_workers"))
     return DataLoader(dataset, batch_size=data["batch_size"], sampler=sampler, num_workers=workers,
                       collate_fn=stack_batch, pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(config["seed"]))
@@ -131,12 +181,52 @@ def train(config: dict[str, Any], *, backbone: nn.Module | None = None, dataset:
     ``backbone`` and ``dataset`` replace the ones the config would build: any frozen module with
     ``embed_dim``, ``patch_size``, ``spec()`` and ``forward(images)`` (e.g. the synthetic benchmark's
     oracle), and any dataset following ``wrc.data``'s item contract.
+
+    Every setting is checked first (``wrc.settings``): an unknown key or a value the loop cannot run with is a
+    ``SettingsError`` naming the key, before any download, model or file.
     """
-    ctx = init_distributed(config.get("device", "auto"))
+    settings = RunSettings.from_mapping(config)
+    if backbone is None and settings.backbone is None:
+        raise SettingsError("backbone must be a mapping with a 'name' key (its config group), or pass train(backbone=)")
+    config = settings.to_dict()  # what runs, every default filled in: config.json and checkpoints record this
+    ctx = init_distributed(settings.device)
     run_dir, resume = ctx.from_main(resolve_run_dir(config))  # Hydra names each rank's dir on its own clock
-    train_cfg = config["train"]
-    max_steps = int(train_cfg["max_steps"])
-    seed_everything(int(config["seed"]) + ctx.rank)
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None  # a second run into run_dir fails here, clearly
+    try:
+        if ctx.is_main:
+            for leftover in [*clean_interrupted_writes(run_dir / "checkpoints"), *clean_interrupted_writes(run_dir)]:
+                log.info("removed %s, left by an interrupted write", leftover)
+        return _train_in(run_dir, resume, settings, config, ctx, backbone, dataset)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[str, Any], ctx: DistributedContext,
+              backbone: nn.Module | None, dataset: Dataset | None) -> TrainResult:
+    """The loop of ``train``, run while the run directory is locked."""
+    train_cfg = settings.train
+    checkpoints = run_dir / "checkpoints"
+    last = latest_checkpoint(checkpoints) if resume != "no" else None
+    if last is None and resume == "required":
+        raise FileNotFoundError(
+            f"resume was asked for, but {checkpoints} holds no checkpoint: pass resume=false to start a new run, "
+            "or resume=auto to continue when there is a checkpoint and start fresh otherwise"
+        )
+    if last is None and resume == "no" and latest_checkpoint(checkpoints) is not None:
+        raise FileExistsError(
+            f"run_dir {run_dir} already holds the checkpoints of a run: pass resume=true to continue it, or choose "
+            "another run_dir (a new run would overwrite them)"
+        )
+    if last is None and ctx.is_main:
+        truncate_metrics(run_dir, 0)  # a fresh start keeps no log lines of an earlier attempt
+    changes = resume_changes(run_dir, config, settings.resume_allow_changes) if last is not None else {}
+    if changes:
+        log.warning("resuming with changed settings (resume_allow_changes=true): %s",
+                    "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()))
+    max_steps = train_cfg.max_steps
+    version = code_version()  # the code this process runs, whatever the checkout becomes meanwhile
+    seed_everything(settings.seed + ctx.rank)
     if dataset is None:  # first, so a bad data.root fails before any download
         dataset = build_dataset(config["data"], train=True)
     backbone = (backbone if backbone is not None else build_backbone(config["backbone"])).to(ctx.device)
@@ -148,30 +238,24 @@ def train(config: dict[str, Any], *, backbone: nn.Module | None = None, dataset:
     objective.to(ctx.device)
     step_module: nn.Module = TrainStep(backbone, upsampler, objective)
     if ctx.enabled:
-        if ctx.device.type == "cuda" and train_cfg.get("sync_batchnorm", True):
+        if ctx.device.type == "cuda" and train_cfg.sync_batchnorm:
             step_module = nn.SyncBatchNorm.convert_sync_batchnorm(step_module)
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
         step_module = DistributedDataParallel(step_module, device_ids=device_ids)
     trainable = [p for p in step_module.parameters() if p.requires_grad]
-    optimizer, scheduler = build_optimizer(trainable, config["optimizer"], max_steps)
+    optimizer, scheduler = build_optimizer(trainable, settings.optimizer, max_steps)
+    amp_dtype = PRECISIONS[settings.precision]
+    scaler = grad_scaler(settings.precision, ctx.device)
 
-    precision = config.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; expected one of {tuple(PRECISIONS)}")
-    amp_dtype = PRECISIONS[precision]
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=precision == "fp16" and ctx.device.type == "cuda")
-
-    start_step, checkpoints = 0, run_dir / "checkpoints"
-    last = latest_checkpoint(checkpoints) if resume else None
-    if resume and last is None:
-        log.warning("resume requested but %s holds no checkpoint: starting from step 0", checkpoints)
+    start_step = 0
     if last is not None:
         state = load_train_state(last)
         upsampler.load_state_dict(state["upsampler"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without fp16 (resume_allow_changes may have switched it on)
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][ctx.rank])
         start_step = state["step"]
         if ctx.is_main:
@@ -180,30 +264,31 @@ def train(config: dict[str, Any], *, backbone: nn.Module | None = None, dataset:
     ctx.barrier()
 
     loader = make_loader(config, dataset, ctx, start_step)
-    logger_cfg = config.get("logger", {})
-    logger = RunLogger(run_dir, tensorboard=logger_cfg.get("tensorboard", False), wandb=logger_cfg.get("wandb", False),
-                       wandb_project=logger_cfg.get("wandb_project", "wrc"),
-                       wandb_mode=logger_cfg.get("wandb_mode", "offline"), config=config, enabled=ctx.is_main)
+    logger_cfg = settings.logger
+    logger = RunLogger(run_dir, tensorboard=logger_cfg.tensorboard, wandb=logger_cfg.wandb,
+                       wandb_project=logger_cfg.wandb_project, wandb_mode=logger_cfg.wandb_mode, config=config,
+                       enabled=ctx.is_main)
     if ctx.is_main:
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        kept = run_dir / f"config.{last.name}.json" if changes else None
+        if kept is not None and not kept.exists():  # the settings the run had up to that checkpoint
+            shutil.copyfile(run_dir / "config.json", kept)
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
 
     def checkpoint(step: int, metrics: dict[str, float]) -> Path:
         states = ctx.gather_objects(rng_state())  # every rank's RNG, so every rank resumes exactly
         path = checkpoints / f"step_{step:07d}"
         if ctx.is_main:
             meta = {"backbone": backbone.spec(), "step": step, "metrics": metrics, "config": config,
-                    "code_version": code_version()}
+                    "code_version": version}
             train_state = {"step": step, "upsampler": upsampler.state_dict(), "objective": objective.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "scaler": scaler.state_dict(), "rng": states}
-            save_checkpoint(path, upsampler, meta, train_state)
-            prune_checkpoints(checkpoints, int(train_cfg.get("keep_checkpoints", 3)))
+            save_checkpoint(path, upsampler, meta, train_state, keep=train_cfg.keep_checkpoints)
         ctx.barrier()
         return path
 
-    log_every, ckpt_every = int(train_cfg.get("log_every", 10)), int(train_cfg.get("ckpt_every", 1000))
-    grad_clip = float(train_cfg.get("grad_clip", 0.0) or 0.0)
-    batch_images = int(config["data"]["batch_size"]) * ctx.world_size
+    log_every, ckpt_every, grad_clip = train_cfg.log_every, train_cfg.ckpt_every, train_cfg.grad_clip
+    batch_images = config["data"]["batch_size"] * ctx.world_size
     autocast = torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     metrics: dict[str, float] = {}
     skipped_total = 0

@@ -62,7 +62,7 @@ def training_config(model: dict, objective: dict, *, steps: int, image_size: int
     """A complete ``wrc.training.train`` config; the backbone and dataset are passed to it directly."""
     return {
         "seed": seed, "device": device, "precision": "fp32", "run_dir": str(run_dir),
-        "resume": (run_dir / "checkpoints").is_dir(),
+        "resume": "auto",  # continue an interrupted training, start the others
         "train": {"max_steps": steps, "log_every": max(1, steps // 10), "ckpt_every": max(1, steps // 4),
                   "keep_checkpoints": 1, "grad_clip": 1.0},
         "logger": {}, "model": model, "objective": objective, "backbone": {"name": "synthetic_oracle"},

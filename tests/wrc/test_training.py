@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,9 +13,10 @@ import torch
 
 from tests.conftest import REPO_ROOT, tiny_train_config
 from wrc import load_upsampler
+from wrc.checkpoint import load_train_state
 from wrc.objectives.lift_multiscale import LiftMultiscale
 from wrc.run_logger import read_metrics
-from wrc.training import NonFiniteLossError, train
+from wrc.training import NonFiniteLossError, ResumeConfigError, train
 
 HELPER = REPO_ROOT / "tests" / "helpers" / "train_from_json.py"
 
@@ -38,6 +40,9 @@ def test_short_run_writes_logs_and_checkpoints(tmp_path):
     assert upsampler.name == "lift" and upsampler.in_channels == 64
     meta = json.loads((result.checkpoint / "upsampler.json").read_text())
     assert meta["backbone"]["name"] == "test_vit" and meta["config"]["train"]["max_steps"] == 4
+    assert set(meta["code_version"]) == {"version", "commit", "dirty"}  # wrc.provenance.code_version()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved == meta["config"] and saved["train"]["grad_clip"] == 1.0  # every default, as it ran
 
 
 def test_warmup_cosine_schedule(tmp_path):
@@ -83,6 +88,32 @@ def test_resume_with_a_run_directory_path(tmp_path):
     result = train(config)
     assert result.run_dir == tmp_path / "run" and result.checkpoint.name == "step_0000006"
     assert [h["step"] for h in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
+    train(tiny_train_config(tmp_path / "run", train={"max_steps": 1}))
+    changed = tiny_train_config(tmp_path / "run", resume=True, train={"max_steps": 2},
+                                optimizer={"lr": 3e-4}, data={"batch_size": 4})
+    with pytest.raises(ResumeConfigError) as err:
+        train(changed)
+    message = str(err.value)
+    assert "optimizer.lr: 0.001 -> 0.0003" in message and "data.batch_size: 2 -> 4" in message
+    assert "max_steps" not in message and "resume_allow_changes=true" in message
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optimizer"]["lr"] == 1e-3  # untouched
+
+    result = train({**changed, "resume_allow_changes": True})
+    assert result.checkpoint.name == "step_0000002"
+    assert [h["step"] for h in read_metrics(tmp_path / "run")] == [1, 2]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optimizer"]["lr"] == 3e-4
+    kept = json.loads((tmp_path / "run" / "config.step_0000001.json").read_text())  # nothing lost
+    assert kept["optimizer"]["lr"] == 1e-3 and kept["data"]["batch_size"] == 2
+
+
+def test_fp16_on_the_cpu_trains_with_loss_scaling(tmp_path):
+    result = train(tiny_train_config(tmp_path / "run", precision="fp16", train={"max_steps": 1}))
+    scaler = load_train_state(result.checkpoint)["scaler"]
+    assert scaler["scale"] > 0  # a disabled GradScaler saves {}
+    assert all(math.isfinite(h["loss"]) for h in read_metrics(tmp_path / "run"))
 
 
 def test_nan_loss_is_a_clear_error(tmp_path, monkeypatch):

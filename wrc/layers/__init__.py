@@ -1,1 +1,1 @@
-"""Reusable layers shared by several upsamplers."""
+"""Reusable layers shared by upsamplers and objectives (never importing either)."""

@@ -1,6 +1,29 @@
-"""Training objectives: one module per objective, all registered by name on import."""
+"""Training objectives: one module per objective, found by the registry (no import list to edit).
 
-from wrc.objectives import featup_multiview, lift_multiscale, srt_distill, wrc_multicrop  # noqa: F401  (registration side effects)
-from wrc.objectives.base import Objective, create_objective, list_objectives, register_objective
+The registry imports every module of this package at the first lookup (``list_objectives``,
+``create_objective``, ...); ``wrc.objectives.<module>`` read as an attribute imports that module.
+"""
 
-__all__ = ["Objective", "create_objective", "list_objectives", "register_objective"]
+import importlib
+import pkgutil
+from types import ModuleType
+
+from wrc.objectives.base import (
+    OBJECTIVES,
+    Objective,
+    create_objective,
+    get_objective_class,
+    list_objectives,
+    register_objective,
+)
+
+__all__ = [
+    "OBJECTIVES", "Objective", "create_objective", "get_objective_class", "list_objectives", "register_objective",
+]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """Submodules load on first access, as they did when this file imported them all."""
+    if not name.startswith("_") and name in {info.name for info in pkgutil.iter_modules(__path__)}:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,9 @@
 
 ``losses`` is a dict of scalar tensors whose ``"loss"`` entry is optimised; the other entries are
 logged. An objective is an ``nn.Module`` so it may own parameters (e.g. a learned downsampler).
+
+Every module of this package (and of any folder added to its ``__path__``) is imported at the first
+lookup, so a new objective is one new file whose class carries ``@register_objective``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import torch
 from torch import nn
 
 from wrc.backbone import FrozenBackbone
+from wrc.registry import Registry
 from wrc.upsamplers.base import Upsampler
 
-_REGISTRY: dict[str, type[Objective]] = {}
+OBJECTIVES: Registry[type[Objective]] = Registry("objective", "objective.name", package="wrc.objectives")
 
 
 class Objective(nn.Module):
@@ -29,20 +33,29 @@ class Objective(nn.Module):
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} must set a class attribute `name` to register")
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: make ``cls`` constructible by its ``name``; a taken name is refused.
+
+    A class defined outside ``wrc.objectives`` first sees every built-in objective, so a clash fails at its
+    own definition rather than at the first lookup.
+    """
+    if not cls.__module__.startswith(f"{OBJECTIVES.package}."):
+        OBJECTIVES.discover()
+    return OBJECTIVES.register(cls)
 
 
 def list_objectives() -> list[str]:
-    return sorted(_REGISTRY)
+    """Names accepted by ``create_objective`` (and by ``objective=`` on the command line)."""
+    return OBJECTIVES.names()
+
+
+def get_objective_class(name: str) -> type[Objective]:
+    return OBJECTIVES.get(name)
 
 
 def create_objective(name: str, **kwargs: Any) -> Objective:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown objective (objective.name) {name!r}; available: {', '.join(list_objectives())}")
+    """Build a registered objective from its config arguments."""
+    cls = get_objective_class(name)
     try:
-        return _REGISTRY[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as err:
         raise TypeError(f"bad arguments for objective {name!r}: {err}") from None

@@ -22,40 +22,16 @@ from torch import nn
 from wrc.backbone import FrozenBackbone
 from wrc.data.jitter import apply_jitter, sample_jitter
 from wrc.layers.downsamplers import create_downsampler
+from wrc.layers.uncertainty import ScaleNet
+from wrc.losses import gaussian_nll, total_variation
 from wrc.objectives.base import Objective, register_objective
 from wrc.upsamplers.base import Upsampler
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between vertical and horizontal neighbours."""
-    return (x[..., 1:, :] - x[..., :-1, :]).square().mean() + (x[..., :, 1:] - x[..., :, :-1]).square().mean()
 
 
 def random_projection(batch: int, channels: int, dim: int, like: torch.Tensor) -> torch.Tensor:
     """(B, C, dim) Gaussian directions with unit-length columns."""
     p = torch.randn(batch, channels, dim, device=like.device, dtype=like.dtype)
     return p / p.norm(dim=1, keepdim=True)
-
-
-class ScaleNet(nn.Module):
-    """Per-token likelihood scale s = exp(Conv1x1(f) + 0.1) >= 1e-4, initialised small (FeatUp)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, 1, 1)
-        with torch.no_grad():
-            self.conv.weight.mul_(0.1)
-            self.conv.bias.mul_(0.1)
-
-    def forward(self, target: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.conv(target) + 0.1).clamp_min(1e-4)
-
-
-def gaussian_nll(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """mean[(pred - target)^2 / (2 s^2) + log s]; plain MSE without a scale."""
-    if scale is None:
-        return F.mse_loss(pred, target)
-    return ((pred - target).square() / (2 * scale.square()) + scale.log()).mean()
 
 
 @register_objective

@@ -14,19 +14,9 @@ import torch.nn.functional as F
 
 from wrc.backbone import FrozenBackbone
 from wrc.data.augment import ColorJitter
+from wrc.losses import DISTANCES, feature_distance
 from wrc.objectives.base import Objective, register_objective
 from wrc.upsamplers.base import Upsampler
-
-DISTANCES = ("cosine", "l1", "l2")
-
-
-def feature_distance(pred: torch.Tensor, target: torch.Tensor, distance: str) -> torch.Tensor:
-    """Mean distance between (B, C, H, W) maps over batch and positions."""
-    if distance == "cosine":
-        return (1 - F.cosine_similarity(pred, target, dim=1)).mean()
-    if distance == "l1":
-        return F.l1_loss(pred, target)
-    return F.mse_loss(pred, target)
 
 
 def downscale(images: torch.Tensor, factor: int) -> torch.Tensor:

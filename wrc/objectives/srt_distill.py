@@ -13,8 +13,8 @@ import torch
 
 from wrc.backbone import FrozenBackbone
 from wrc.data.augment import ColorJitter
+from wrc.losses import DISTANCES, feature_distance
 from wrc.objectives.base import Objective, register_objective
-from wrc.objectives.lift_multiscale import DISTANCES, feature_distance
 from wrc.upsamplers.base import Upsampler
 from wrc.upsamplers.srt import SRT
 

@@ -5,17 +5,25 @@ dense features (B, C, H', W'). Methods with a native factor (``scale``, e.g. LiF
 sizes by a documented policy: the native step is applied while the result stays no larger than
 the requested size, then one bilinear interpolation lands exactly on it. Methods without a native
 factor (``scale = None``) produce any size directly.
+
+Every module of this package (and of any folder added to its ``__path__``) is imported at the first
+lookup, so a new method is one new file whose class carries ``@register_upsampler``.
 """
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_REGISTRY: dict[str, type[Upsampler]] = {}
+from wrc.registry import Registry
+
+UPSAMPLERS: Registry[type[Upsampler]] = Registry("upsampler", "model.name", package="wrc.upsamplers")
+IMAGE_TOLERANCE = 1e-2  # image values may leave [0, 1] by this much: bf16 rounding of 1.0, never a 0..255 image
 
 
 def resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -63,9 +71,7 @@ class Upsampler(nn.Module):
         self._check_inputs(features, image)
         if self.needs_backbone and backbone is None:
             raise ValueError(f"upsampler {self.name!r} runs the backbone itself: pass backbone=...")
-        size = tuple(int(s) for s in (output_size or self.default_output_size(features, image)))
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"output_size must be two positive ints (H', W'); got {output_size}")
+        size = self.default_output_size(features, image) if output_size is None else _check_size(output_size)
         if self.scale is None:
             return self.upsample_to(features, image, size, backbone)
         out = features
@@ -84,6 +90,7 @@ class Upsampler(nn.Module):
         raise NotImplementedError
 
     def _check_inputs(self, features: torch.Tensor, image: torch.Tensor) -> None:
+        """Shapes and dtypes always; values (finite, image in [0, 1]) with one host sync, outside torch.compile."""
         if features.ndim != 4 or features.shape[1] != self.in_channels:
             raise ValueError(
                 f"features must be (B, {self.in_channels}, h, w) for this {self.name!r} upsampler "
@@ -93,30 +100,72 @@ class Upsampler(nn.Module):
             raise ValueError(
                 f"image must be (B={features.shape[0]}, 3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}"
             )
+        if not features.is_floating_point():
+            raise TypeError(f"features must be a floating-point tensor; got dtype {features.dtype}")
+        if not image.is_floating_point():
+            hint = " (8-bit pixels: pass image.float() / 255)" if image.dtype == torch.uint8 else ""
+            raise TypeError(f"image must be float RGB in [0, 1]; got dtype {image.dtype}{hint}")
+        if torch.compiler.is_compiling() or image.numel() == 0:
+            return  # reading values back is a graph break; compiled callers were checked eagerly
+        low, high = image.aminmax()  # NaN propagates and inf is out of range: no isfinite pass over the image
+        in_range = (low >= -IMAGE_TOLERANCE) & (high <= 1 + IMAGE_TOLERANCE)
+        if not bool(torch.isfinite(features).all() & in_range):
+            _raise_bad_values(features, image)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, patch_size={self.patch_size}, scale={self.scale}"
 
 
+def _check_size(output_size: Iterable[int]) -> tuple[int, int]:
+    """Two positive ints (python, numpy, symbolic, or a torch.Size); floats are refused, never truncated."""
+    try:
+        size = tuple(output_size)
+    except TypeError:  # not iterable (a single int, ...)
+        size = ()
+    if len(size) != 2 or not all(_is_int(s) for s in size) or min(size) < 1:
+        raise ValueError(f"output_size must be two positive ints (H', W'); got {output_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (numbers.Integral, torch.SymInt)) and not isinstance(value, bool)
+
+
+def _raise_bad_values(features: torch.Tensor, image: torch.Tensor) -> None:
+    """Say which input is wrong and how (the slow path, after the one-sync check failed)."""
+    for arg, t in (("features", features), ("image", image)):
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            expected = "finite values" if arg == "features" else "finite float RGB in [0, 1]"
+            raise ValueError(f"{arg} must hold {expected}; got {bad} NaN/inf of {t.numel()} values")
+    low, high = (float(v) for v in image.aminmax())
+    if low < -IMAGE_TOLERANCE:
+        hint = "normalised with a mean and std? pass the [0, 1] image: the backbone and upsampler normalise it"
+    elif high > 2:  # above any resampling overshoot of a [0, 1] image
+        hint = "pixels in 0..255? divide by 255"
+    else:
+        hint = "bicubic resizing overshoots: clamp(0, 1)"
+    raise ValueError(f"image must be float RGB in [0, 1]; got values in [{low:.4g}, {high:.4g}] ({hint})")
+
+
 def register_upsampler(cls: type[Upsampler]) -> type[Upsampler]:
-    """Class decorator: make ``cls`` constructible by its ``name`` (timm-style registry)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__qualname__} must set a class attribute `name` to register")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"upsampler name {cls.name!r} is already registered by {_REGISTRY[cls.name].__qualname__}")
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: make ``cls`` constructible by its ``name`` (timm-style registry).
+
+    A class defined outside ``wrc.upsamplers`` first sees every built-in method, so a taken name fails at its
+    own definition rather than later, at the first lookup.
+    """
+    if not cls.__module__.startswith(f"{UPSAMPLERS.package}."):
+        UPSAMPLERS.discover()
+    return UPSAMPLERS.register(cls)
 
 
 def list_upsamplers() -> list[str]:
     """Names accepted by ``create_upsampler`` (and by ``model=`` on the command line)."""
-    return sorted(_REGISTRY)
+    return UPSAMPLERS.names()
 
 
 def get_upsampler_class(name: str) -> type[Upsampler]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown upsampler (model.name) {name!r}; available: {', '.join(list_upsamplers())}")
-    return _REGISTRY[name]
+    return UPSAMPLERS.get(name)
 
 
 def create_upsampler(name: str, in_channels: int, patch_size: int, **kwargs: Any) -> Upsampler:
@@ -128,3 +177,4 @@ def create_upsampler(name: str, in_channels: int, patch_size: int, **kwargs: Any
         raise TypeError(f"bad arguments for upsampler {name!r} ({cls.__qualname__}): {err}") from None
     upsampler.init_kwargs = dict(kwargs)
     return upsampler
+

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.guidance import GuidanceNormalize
 from wrc.upsamplers.base import register_upsampler, resize
-from wrc.upsamplers.lift import GuidanceNormalize
 from wrc.upsamplers.stack import StackedUpsampler
 
 

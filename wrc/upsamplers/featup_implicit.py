@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from wrc.data.jitter import apply_jitter, sample_jitter
 from wrc.layers.downsamplers import AttentionDownsampler
-from wrc.objectives.featup_multiview import ScaleNet, gaussian_nll, total_variation
+from wrc.layers.uncertainty import ScaleNet
+from wrc.losses import gaussian_nll, total_variation
 from wrc.upsamplers.base import Upsampler, register_upsampler, resize
 
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.guidance import GuidanceNormalize
 from wrc.ops.adaptive_conv import adaptive_conv
 from wrc.ops.padding import pad2d
 from wrc.upsamplers.base import register_upsampler, resize
-from wrc.upsamplers.lift import GuidanceNormalize
 from wrc.upsamplers.stack import StackedUpsampler
 
 

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrc.layers.blocks import Bottleneck, GuidanceEncoder, fused_width, half_pixel_upsample
+from wrc.layers.guidance import GuidanceNormalize
 from wrc.upsamplers.base import Upsampler
-from wrc.upsamplers.lift import GuidanceNormalize
 
 
 class GuidedReverseNet(Upsampler):

@@ -16,10 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.guidance import GuidanceNormalize
 from wrc.upsamplers.base import Upsampler, register_upsampler
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
@@ -28,18 +26,6 @@ def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
     )
-
-
-class GuidanceNormalize(nn.Module):
-    """Normalise a [0, 1] guidance image with ImageNet statistics (each consumer normalises for itself)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return (image - self.mean) / self.std
 
 
 @register_upsampler

@@ -2,10 +2,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from wrc.objectives import create_objective
+from tests.conftest import CONFIG_DIR
+from wrc import create_upsampler
+from wrc.build import build_objective
+from wrc.objectives import create_objective, list_objectives
 from wrc.objectives.lift_multiscale import feature_distance
 from wrc.upsamplers import Upsampler
+
+ALL = list_objectives()
+FAST = {  # shallow overrides of the shipped YAML, so that each case takes about a second
+    "featup_multiview": {"num_jitters": 1, "max_pad": 4},
+    "srt_distill": {"teacher": {"max_shift": 1}, "scale": 4},
+    "wrc_multicrop": {"num_crops": 1},
+}
 
 
 class RecordingUpsampler(Upsampler):
@@ -67,3 +78,39 @@ def test_bad_arguments(kwargs, match):
 def test_unknown_objective():
     with pytest.raises(ValueError, match="unknown objective .*'lift'"):
         create_objective("lift")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The contract, over every registered objective: a config, one loss, gradients to the upsampler
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def shipped_config(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "objective" / f"{name}.yaml"), resolve=True)
+
+
+def test_every_registered_objective_has_a_config():
+    configs = {p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml")}
+    assert set(ALL) <= configs, f"no config/objective/<name>.yaml for {sorted(set(ALL) - configs)}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_objective_contract(name, test_vit):
+    """Built from its YAML, set up for the backbone, one loss: a finite scalar to optimise, detached scalars to
+    log, and gradients reaching the upsampler and every parameter the objective owns."""
+    config = shipped_config(name)
+    assert config["name"] == name
+    objective = build_objective({**config, **FAST.get(name, {})})
+    objective.setup(test_vit)
+    upsampler = create_upsampler("lift", test_vit.embed_dim, test_vit.patch_size, image_channels=8)
+    torch.manual_seed(0)
+    losses = objective(test_vit, upsampler, torch.rand(2, 3, 64, 64))
+    loss = losses["loss"]
+    assert loss.ndim == 0 and loss.requires_grad and torch.isfinite(loss)
+    for key, value in losses.items():
+        assert key.startswith("loss") and value.ndim == 0 and torch.isfinite(value), key
+        assert key == "loss" or not value.requires_grad, f"{key} must be detached (it is only logged)"
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in upsampler.parameters())
+    for pname, param in objective.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, pname

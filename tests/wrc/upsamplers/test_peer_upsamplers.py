@@ -158,11 +158,15 @@ def test_large_image_refuses_huge_images():
 @pytest.mark.parametrize("patch, factor", [(16, 2), (16, 4), (8, 2)])
 def test_strided_tokens_are_centred_on_the_finer_cells(patch, factor):
     """A patch-mean backbone on a coordinate ramp returns each token's centre: it must be the centre of
-    the corresponding cell of the s-times finer grid (interior cells; the border sees replicate padding)."""
+    the corresponding cell of the s-times finer grid (interior cells; the border sees replicate padding).
+    The ramp is divided by a power of two above its largest coordinate (a valid [0, 1] image) and the output
+    multiplied back: both exact, so the tolerance is the same as in pixels."""
     backbone = ToyBackbone(3, patch, mean=True)
-    image = ramp(1, 4 * patch, 5 * patch)
+    unit = 128.0
+    image = ramp(1, 4 * patch, 5 * patch) / unit
     feats = backbone(image)
     out = create_upsampler("strided", 3, patch)(feats, image, output_size=(4 * factor, 5 * factor), backbone=backbone)
+    out = out * unit  # back in pixels, exactly
     cell = patch / factor
     rows = (torch.arange(4 * factor) + 0.5) * cell
     cols = (torch.arange(5 * factor) + 0.5) * cell
