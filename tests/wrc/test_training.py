@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -54,11 +55,12 @@ def test_warmup_cosine_schedule(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_reproduce_the_uninterrupted_losses(tmp_path):
-    config = tiny_train_config(tmp_path / "reference", train={"max_steps": 60, "ckpt_every": 5, "log_every": 1})
-    subprocess.run([sys.executable, str(HELPER), _write_config(tmp_path / "ref.json", config)], check=True,
-                   env=_env(), cwd=REPO_ROOT, capture_output=True)
-    reference = read_metrics(tmp_path / "reference")
+def test_kills_at_any_moment_even_inside_a_checkpoint_write_resume_to_the_uninterrupted_losses(tmp_path):
+    """Killed twice, once by SIGKILL at a random moment after the first checkpoint and once inside the writing
+    of a later checkpoint (at a seeded random step of it: a file, the rename or the LATEST update), the run
+    resumes to the losses of a run that never stopped, with no step logged twice."""
+    config = tiny_train_config(tmp_path / "reference", train={"max_steps": 30, "ckpt_every": 5, "log_every": 1})
+    reference = train(config).history
 
     config["run_dir"] = str(tmp_path / "killed")
     proc = subprocess.Popen([sys.executable, str(HELPER), _write_config(tmp_path / "kill.json", config)], env=_env(),
@@ -69,14 +71,15 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_losses(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = len(read_metrics(tmp_path / "killed"))
-    assert killed_at < 60
+    assert len(read_metrics(tmp_path / "killed")) < 30
 
     config["resume"] = True
-    subprocess.run([sys.executable, str(HELPER), _write_config(tmp_path / "resume.json", config)], check=True,
-                   env=_env(), cwd=REPO_ROOT, capture_output=True)
-    resumed = read_metrics(tmp_path / "killed")
-    assert [h["step"] for h in resumed] == list(range(1, 61))
+    die_at = random.Random(0).randint(1, 5)  # one of the 5 write steps of the first checkpoint after resuming
+    dying = subprocess.run([sys.executable, str(HELPER), _write_config(tmp_path / "resume.json", config),
+                            "--die-at-write", str(die_at)], env=_env(), cwd=REPO_ROOT, capture_output=True)
+    assert dying.returncode == 137, dying.stderr[-2000:]
+    resumed = train(config).history
+    assert [h["step"] for h in resumed] == list(range(1, 31))
     for ref, res in zip(reference, resumed, strict=True):
         for key in ("loss", "loss_x2", "loss_x4", "lr"):
             assert res[key] == pytest.approx(ref[key], rel=1e-6, abs=1e-9), (ref["step"], key)
