@@ -49,7 +49,8 @@ def run(config: dict) -> dict:
         result = train(config)
         outputs = {"run_dir": result.run_dir, "checkpoint": result.checkpoint}
         if result.is_main and report.enabled:
-            outputs.update(report_training_run(result.run_dir, result.backbone, result.upsampler, report))
+            outputs.update(report_training_run(result.run_dir, result.backbone, result.upsampler, report,
+                                               checkpoint=result.checkpoint))
     finally:
         shutdown_distributed()
     if result.is_main:

@@ -51,7 +51,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(config: Mapping[str, Any], protocol: str) -> ResultRecord | None:
+def run(config: Mapping[str, Any], protocol: str, command: str | None = None) -> ResultRecord | None:
     """Evaluate the configured upsampler (``checkpoint`` or ``model``) on the configured backbone with ``protocol``;
     returns its record (None when the protocol stopped early on purpose)."""
     unknown = sorted(set(config) - set(TOP_LEVEL))
@@ -69,7 +69,7 @@ def run(config: Mapping[str, Any], protocol: str) -> ResultRecord | None:
     spec = {"checkpoint": config["checkpoint"]} if config.get("checkpoint") else config["model"]
     extractor = build_extractor(backbone.to(device), spec, device=device,
                                 allow_backbone_mismatch=bool(config.get("allow_backbone_mismatch", False)))
-    return evaluate(chosen, extractor, settings, config["run_dir"])
+    return evaluate(chosen, extractor, settings, config["run_dir"], command=command)
 
 
 register_resolvers()
@@ -78,8 +78,10 @@ register_schemas()
 
 @hydra.main(version_base="1.3", config_path="../config/eval", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    protocol = HydraConfig.get().runtime.choices["protocol"]
-    record = run(OmegaConf.to_container(cfg, resolve=True), protocol.removesuffix("_schema"))
+    hydra_cfg = HydraConfig.get()
+    protocol = hydra_cfg.runtime.choices["protocol"]
+    command = " ".join(["python -m evaluation", *hydra_cfg.overrides.task])  # this job, also in a sweep or on SLURM
+    record = run(OmegaConf.to_container(cfg, resolve=True), protocol.removesuffix("_schema"), command)
     if record is None:
         print(f"stopped early on purpose; run the same command again to resume ({cfg.run_dir})")
         return

@@ -123,16 +123,18 @@ def settings_from_mapping(cls: type, given: Mapping[str, Any], where: str) -> An
 
 def evaluate(protocol: str | Protocol, extractor: DenseFeatureExtractor, settings: Mapping[str, Any] | Any,
              run_dir: str | os.PathLike, *, record_path: str | os.PathLike | None = None,
-             label: str | None = None, training: Mapping[str, Any] | None = None) -> ResultRecord | None:
+             label: str | None = None, training: Mapping[str, Any] | None = None,
+             command: str | None = None) -> ResultRecord | None:
     """Run ``protocol`` on ``extractor`` and write its record (``run_dir/result.json`` unless ``record_path``);
     ``label`` names the row in tables (default: the upsampler's name and checkpoint), ``training`` says how the
-    upsampler was trained (default: what its checkpoint's metadata says). None when the protocol
+    upsampler was trained (default: what its checkpoint's metadata says), ``command`` how this run is typed
+    (default: this process's command line; a sweep's jobs pass their own). None when the protocol
     stopped early on purpose (a time-limited job): the same call resumes it."""
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     settings = protocol.settings(settings)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = next(iter(extractor.buffers()), torch.empty(0)).device
+    device = extractor.device
     tick = time.perf_counter()
     outcome = protocol.run(extractor.eval(), settings, run_dir)  # protocols that train a head enable grad there
     if not outcome.completed:
@@ -144,7 +146,7 @@ def evaluate(protocol: str | Protocol, extractor: DenseFeatureExtractor, setting
         per_item=outcome.per_item, config=dataclasses.asdict(settings),
         training=dict(training) if training is not None else extractor.training_info(),
         code_version=code_version(),
-        device=device_name(device), seconds=round(time.perf_counter() - tick, 3), command=command_line(),
+        device=device_name(device), seconds=round(time.perf_counter() - tick, 3), command=command or command_line(),
     )
     path = write_record(record, record_path or run_dir)
     log.info("%s %s: %s -> %s", protocol.name, record.label, _headline(protocol, record.metrics), path)

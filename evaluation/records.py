@@ -12,17 +12,23 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wrc.checkpoint import atomic_write_text
+
 log = logging.getLogger("wrc")
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
+RUN_FILES = ("config.json", "upsampler.json", "metrics.json")  # JSON files of a run that are never records
+
+
+def is_run_file(path: Path) -> bool:
+    return path.name in RUN_FILES or path.name.startswith("config.")  # config.step_N.json: kept by a resume
 
 
 @dataclass
@@ -102,23 +108,8 @@ def write_record(record: ResultRecord, path: str | os.PathLike) -> Path:
     if path.is_dir() or not path.suffix:
         path = path / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record.to_dict(), handle, indent=2, default=str)
-            handle.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(record.to_dict(), indent=2, default=str) + "\n")
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_record(path: str | os.PathLike) -> ResultRecord:
@@ -145,7 +136,7 @@ def collect(roots: Iterable[str | os.PathLike]) -> Collection:
             try:
                 data = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                if path.name == RESULT_FILE or path.parent.name in ("results", "evaluation"):
+                if not is_run_file(path):  # a torn record must not vanish from a table unnoticed
                     skipped.append((path, f"not valid JSON ({err})"))
                 continue
             if not isinstance(data, dict) or "protocol" not in data:

@@ -20,7 +20,8 @@ from evaluation.protocol import evaluate, settings_from_mapping
 from evaluation.protocols.fidelity import FidelitySettings, large_image, load_eval_images
 from evaluation.report_settings import ReportSettings
 from utils.visualization import comparison_figure, save_figure
-from wrc.extractor import Backbone, DenseFeatureExtractor, build_extractor
+from wrc.checkpoint import atomic_write_text
+from wrc.extractor import Backbone, DenseFeatureExtractor, attach_source, build_extractor
 from wrc.upsamplers import Upsampler, list_upsamplers
 
 QUERY = (0.45, 0.55)  # (y, x) of the similarity-map query, in [0, 1)
@@ -47,7 +48,7 @@ def figure_rows(extractors: Mapping[str, DenseFeatureExtractor], images: torch.T
     """Per image: PCA and similarity panels of low-res, each extractor's output, and the large-image target (all
     extractors share one backbone)."""
     first = next(iter(extractors.values()))
-    device = next(iter(first.buffers()), torch.empty(0)).device
+    device = first.device
     rows = []
     for image in images:
         batch = image[None].to(device)
@@ -66,11 +67,15 @@ def baseline_extractors(backbone: Backbone, names: Sequence[str]) -> dict[str, D
 
 
 def report_training_run(run_dir: Path, backbone: Backbone, upsampler: Upsampler,
-                        cfg: Mapping[str, Any] | ReportSettings) -> dict[str, Any]:
-    """Write the records, ``metrics.json`` (and ``figure.png``) into ``run_dir``; returns paths and metrics."""
+                        cfg: Mapping[str, Any] | ReportSettings, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Write the records, ``metrics.json`` (and ``figure.png``) into ``run_dir``; returns paths and metrics.
+    ``checkpoint``: the checkpoint ``upsampler`` was saved as, named in its record (so that the trained model of
+    each run is its own row in tables)."""
     settings = cfg if isinstance(cfg, ReportSettings) else report_settings(cfg)
     run_dir = Path(run_dir)
     extractors = baseline_extractors(backbone, settings.baselines)
+    if checkpoint is not None:
+        attach_source(upsampler, checkpoint)
     extractors[upsampler.name] = DenseFeatureExtractor(backbone, upsampler.eval())
     results, records = {}, []
     for name, extractor in extractors.items():
@@ -79,8 +84,8 @@ def report_training_run(run_dir: Path, backbone: Backbone, upsampler: Upsampler,
         results[name] = record.metrics
         records.append(str((folder / "result.json").relative_to(run_dir)))
     metrics_path = run_dir / "metrics.json"
-    metrics_path.write_text(json.dumps({"results": results, "records": records, "backbone": backbone.spec(),
-                                        "scale": settings.scale, "image_size": settings.image_size}, indent=2))
+    atomic_write_text(metrics_path, json.dumps({"results": results, "records": records, "backbone": backbone.spec(),
+                                                "scale": settings.scale, "image_size": settings.image_size}, indent=2))
     out: dict[str, Any] = {"results": results, "metrics": metrics_path}
     if settings.figure:
         images = load_eval_images(settings.root, settings.num_images, settings.image_size)[:3]

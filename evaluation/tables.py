@@ -9,8 +9,9 @@
     python -m evaluation.tables segmentation runs/ --out tables/seg   # also writes seg.md and seg.csv
 
 A row is an upsampler (its registered name, or its name and the checkpoint it was loaded from, so two
-checkpoints of one method are two rows); results of the same row and column from several runs (seeds)
-are averaged, with the population standard deviation shown when there are several (n is in the CSV).
+checkpoints of one method are two rows; and its backbone when the records come from several). Results of
+the same row and column from several runs (seeds) are averaged, with the population standard deviation
+shown when there are several (n is in the CSV).
 Nothing here knows a protocol by name: columns, directions and units come from each protocol's
 TableSpec, and paper tables are data (PAPER_TABLES).
 """
@@ -55,16 +56,20 @@ PAPER_TABLES: dict[str, tuple[Part, ...]] = {
 
 def cells(records: Sequence[ResultRecord], protocol: str, spec: TableSpec, metrics: Sequence[str],
           datasets: tuple[str, ...] | None = None) -> dict[tuple[str, str, str], list[float]]:
-    """(row, dataset, metric) -> values over runs, for ``protocol``'s records on ``datasets`` (None: all)."""
+    """(row, dataset, metric) -> values over runs, for ``protocol``'s records on ``datasets`` (None: all). Rows are
+    upsamplers; when the records come from several backbones, the backbone is part of the row, so that runs on
+    different backbones are never averaged together."""
+    chosen = [r for r in records if r.protocol == protocol
+              and (datasets is None or r.dataset.get("name", "") in datasets)]
+    several_backbones = len({str(r.backbone.get("name")) for r in chosen}) > 1
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for record in records:
-        dataset = record.dataset.get("name", "")
-        if record.protocol != protocol or (datasets is not None and dataset not in datasets):
-            continue
+    for record in chosen:
+        row = f"{record.label} @ {record.backbone.get('name')}" if several_backbones else record.label
+        dataset = record.dataset.get("name", "") if spec.per_dataset else ""
         for metric in metrics:
             value = record.metrics.get(metric)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values[(record.label, dataset if spec.per_dataset else "", metric)].append(float(value))
+                values[(row, dataset, metric)].append(float(value))
     return values
 
 

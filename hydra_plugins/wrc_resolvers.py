@@ -7,10 +7,12 @@ reach namespace packages in every install layout. Kept cheap: no torch import he
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
@@ -26,20 +28,45 @@ def config_dir() -> str:
 
 
 def dataset_name(dataset: object) -> str:
-    """A dataset config node's name, or ``images`` for protocols without a dataset group."""
-    return str(dataset["name"]) if dataset else "images"
+    """A dataset config node's name, or ``protocol_data`` for protocols whose data are protocol settings."""
+    return str(dataset["name"]) if dataset else "protocol_data"
 
 
 def upsampler_slug(model_name: str, checkpoint: str | None) -> str:
-    """``bilinear``, or ``ckpt-<run>-<step>`` for a checkpoint path: a folder name that tells runs apart."""
+    """``bilinear``, or ``ckpt-<run>-<step>`` for a checkpoint path (the step its LATEST names, for a run or a
+    checkpoints/ folder): a folder name that tells runs and steps apart."""
     if not checkpoint:
         return str(model_name)
-    parts = [p for p in Path(str(checkpoint)).parts if p not in ("/", ".", "..", "checkpoints")][-2:]
-    return "ckpt-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
+    path = Path(str(checkpoint))
+    parts = [p for p in path.parts if p not in ("/", ".", "..", "checkpoints")][-2:]
+    for pointer in (path / "checkpoints" / "LATEST", path / "LATEST"):
+        try:
+            parts.append(pointer.read_text().strip())
+            break
+        except OSError:
+            continue
+    return "ckpt-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(dict.fromkeys(parts)))
+
+
+RUN_ONLY = ("stop_after_epoch", "num_workers")  # how a run is carried out, not what it measures
+
+
+def settings_hash(*nodes: object) -> str:
+    """8 hex digits of the settings that define an evaluation (upsampler, protocol and dataset nodes), so that
+    another setting gets another run directory and the same command the same one (and resumes it)."""
+    def plain(node: object) -> object:
+        if isinstance(node, (DictConfig, ListConfig)):
+            node = OmegaConf.to_container(node, resolve=True)
+        if isinstance(node, dict):
+            return {k: plain(v) for k, v in sorted(node.items()) if k not in RUN_ONLY}
+        return node
+
+    text = json.dumps([plain(node) for node in nodes], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 RESOLVERS = {"wrc.strip_tag": strip_tag, "wrc.config_dir": config_dir, "wrc.dataset_name": dataset_name,
-             "wrc.upsampler_slug": upsampler_slug}
+             "wrc.upsampler_slug": upsampler_slug, "wrc.settings_hash": settings_hash}
 
 
 def register_resolvers() -> None:

@@ -106,6 +106,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_directory(path.parent)
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that readers see whole or not at all (temporary file, fsync, rename), with umask permissions."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def step_number(path: Path) -> int | None:
     """The step of a ``step_<digits>`` directory name, else None."""
     match = STEP_NAME.fullmatch(path.name)

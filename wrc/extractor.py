@@ -11,6 +11,7 @@ layer, facet and kind of weights as its metadata records) unless ``allow_backbon
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Mapping
@@ -52,6 +53,11 @@ class DenseFeatureExtractor(nn.Module):
         super().__init__()
         check_compatible(upsampler, backbone)
         self.backbone, self.upsampler = backbone, upsampler
+
+    @property
+    def device(self) -> torch.device:
+        """Where the backbone's buffers (and so its inputs) live."""
+        return _device_of(self.backbone)
 
     def forward(self, image: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Image (B, 3, H, W) -> features (B, C, H', W'); the upsampler's default size when None."""
@@ -116,9 +122,14 @@ def build_extractor(backbone: Backbone, spec: UpsamplerSpec, *, device: str | to
     """The extractor for ``backbone`` and an upsampler spec, moved to ``device`` (the backbone's when None)."""
     upsampler = resolve_upsampler(spec, backbone, allow_backbone_mismatch=allow_backbone_mismatch)
     extractor = DenseFeatureExtractor(backbone, upsampler)
-    if device is None:
-        device = next(iter(backbone.buffers()), torch.empty(0)).device if isinstance(backbone, nn.Module) else "cpu"
-    return extractor.to(device).eval()
+    return extractor.to(device if device is not None else _device_of(backbone)).eval()
+
+
+def _device_of(module: object) -> torch.device:
+    if not isinstance(module, nn.Module):
+        return torch.device("cpu")
+    first = next(itertools.chain(module.buffers(), module.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _from_checkpoint(path: str | os.PathLike, backbone: Backbone, allow_mismatch: bool) -> Upsampler:
@@ -139,12 +150,18 @@ def _from_checkpoint(path: str | os.PathLike, backbone: Backbone, allow_mismatch
     if differences:
         log.warning("checkpoint %s was trained on another backbone (%s): allowed by allow_backbone_mismatch",
                     path, "; ".join(differences))
-    upsampler = load_upsampler(path)
+    return attach_source(load_upsampler(path), path, meta).eval()
+
+
+def attach_source(upsampler: Upsampler, checkpoint: str | os.PathLike,
+                  meta: Mapping[str, Any] | None = None) -> Upsampler:
+    """Record on ``upsampler`` the checkpoint it is (path, step, how it was trained), for result records."""
+    meta = meta if meta is not None else read_checkpoint_meta(checkpoint)
     config = meta.get("config") or {}
     training = {"objective": (config.get("objective") or {}).get("name"), "step": meta.get("step"),
                 "code_version": meta.get("code_version"), "metrics": meta.get("metrics")}
-    upsampler.source = {"checkpoint": str(path), "step": meta.get("step"), "training": training}
-    return upsampler.eval()
+    upsampler.source = {"checkpoint": str(checkpoint), "step": meta.get("step"), "training": training}
+    return upsampler
 
 
 def backbone_differences(trained: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

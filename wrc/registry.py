@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Generic, TypeVar
 
 T = TypeVar("T", bound=type)
@@ -74,6 +75,18 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove ``name`` (tests that register a toy class clean up with this)."""
         self._classes.pop(name, None)
+
+
+def submodule_getattr(package: str, path: list[str]):
+    """A module ``__getattr__`` for a registry's package: ``package.<module>`` read as an attribute imports that
+    module, as it did when the package imported every module eagerly."""
+
+    def __getattr__(name: str) -> ModuleType:
+        if not name.startswith("_") and name in {info.name for info in pkgutil.iter_modules(path)}:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 def _identity(cls: type) -> tuple[str, str]:

@@ -165,6 +165,18 @@ def resume_changes(run_dir: Path, config: dict[str, Any], allow: bool) -> dict[s
     return changes
 
 
+def warn_on_new_schedule(run_dir: Path, max_steps: int) -> None:
+    """A resume may extend a run, but the cosine schedule is laid over ``train.max_steps``: say that it changes."""
+    try:
+        before = json.loads((run_dir / "config.json").read_text())["train"]["max_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if before != max_steps:
+        log.warning("train.max_steps changes from %s to %s on resume: the learning-rate schedule from here on follows "
+                    "the new length, so the run will not equal one trained for %s steps from the start",
+                    before, max_steps, max_steps)
+
+
 def make_loader(config: dict[str, Any], dataset: Dataset, ctx: DistributedContext, start_step: int) -> DataLoader:
     data = config["data"]
     sampler = ResumableSampler(len(dataset), data["batch_size"], seed=config["seed"], rank=ctx.rank,
@@ -225,6 +237,8 @@ def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[st
         log.warning("resuming with changed settings (resume_allow_changes=true): %s",
                     "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()))
     max_steps = train_cfg.max_steps
+    if last is not None and ctx.is_main:
+        warn_on_new_schedule(run_dir, max_steps)
     version = code_version()  # the code this process runs, whatever the checkout becomes meanwhile
     seed_everything(settings.seed + ctx.rank)
     if dataset is None:  # first, so a bad data.root fails before any download

@@ -10,6 +10,7 @@ features on a grid ``scale`` times finer; the upsampler maps F(x) to that grid. 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from evaluation.metrics import cosine_per_image, relative_l2_per_image
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
 from wrc.data import ImageFolder, SampleImages
 from wrc.extractor import DenseFeatureExtractor
+
+log = logging.getLogger("wrc")
 
 
 @dataclass
@@ -37,14 +40,23 @@ class FidelitySettings:
                 raise ValueError(f"protocol.{key} must be >= 1; got {getattr(self, key)}")
 
 
-def load_eval_images(root: str | None, num_images: int, image_size: int) -> torch.Tensor:
-    """(N, 3, S, S) centre crops: the first ``num_images`` of ``root``, or held-out generated scenes."""
+def read_eval_images(root: str | None, num_images: int, image_size: int) -> tuple[torch.Tensor, int]:
+    """((N, 3, S, S) centre crops: the first ``num_images`` readable images of ``root``, or held-out generated
+    scenes; how many unreadable, unsupported or too small files were passed over to find them)."""
     if root is None:
         dataset = SampleImages(num_images, image_size, train=False)
     else:
         dataset = ImageFolder(root, image_size, train=False, argument="protocol.root")
-    count = min(num_images, len(dataset))
-    return torch.stack([dataset[i]["image"] for i in range(count)])
+    items = [dataset[i] for i in range(min(num_images, len(dataset)))]
+    return torch.stack([item["image"] for item in items]), sum(int(item.get("num_skipped", 0)) for item in items)
+
+
+def load_eval_images(root: str | None, num_images: int, image_size: int) -> torch.Tensor:
+    """The images of ``read_eval_images``; files passed over are logged."""
+    images, skipped = read_eval_images(root, num_images, image_size)
+    if skipped:
+        log.warning("%d files of %s could not be used and were passed over", skipped, root)
+    return images
 
 
 def large_image(batch: torch.Tensor, scale: int) -> torch.Tensor:
@@ -57,7 +69,7 @@ def large_image(batch: torch.Tensor, scale: int) -> torch.Tensor:
 def fidelity(extractor: DenseFeatureExtractor, images: torch.Tensor, scale: int = 2,
              batch_size: int = 8) -> dict[str, float]:
     """Cosine similarity and relative L2 of the extractor's features against the large-image target."""
-    device = next(iter(extractor.buffers()), torch.empty(0)).device
+    device = extractor.device
     sums = {"cosine": 0.0, "rel_l2": 0.0, "seconds": 0.0}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device)
@@ -83,10 +95,10 @@ class Fidelity(Protocol):
     )
 
     def run(self, extractor: DenseFeatureExtractor, settings: FidelitySettings, run_dir: Path) -> Evaluation:
-        images = load_eval_images(settings.root, settings.num_images, settings.image_size)
+        images, skipped = read_eval_images(settings.root, settings.num_images, settings.image_size)
         metrics = fidelity(extractor, images, settings.scale, settings.batch_size)
         dataset = {"name": "image_folder" if settings.root else "samples", "split": "held_out",
-                   "root": settings.root, "num_images": len(images)}
+                   "root": settings.root, "num_images": len(images), "skipped_files": skipped}
         resolution = {"image_size": settings.image_size, "scale": settings.scale,
                       "size_policy": extractor.backbone.spec().get("size_policy")}
         return Evaluation(metrics=metrics, dataset=dataset, resolution=resolution)

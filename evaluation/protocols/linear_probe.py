@@ -40,6 +40,7 @@ from evaluation.datasets import DATASETS, IGNORE
 from evaluation.heads import HeadTrainer
 from evaluation.metrics import ConfusionMatrix, DepthMetrics
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
+from wrc.checkpoint import atomic_torch_save
 from wrc.extractor import DenseFeatureExtractor
 
 log = logging.getLogger("wrc")
@@ -124,7 +125,7 @@ class FeatureSource:
 
     def __init__(self, extractor: DenseFeatureExtractor, native_size: bool) -> None:
         self.extractor, self.native_size = extractor, native_size
-        self.device = next(iter(extractor.buffers()), torch.empty(0)).device
+        self.device = extractor.device
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, upsampled: bool = True) -> torch.Tensor:
@@ -188,14 +189,15 @@ class LinearProbe(Protocol):
         source = FeatureSource(extractor, settings.native_size)
         torch.manual_seed(settings.seed)
         head = self.make_head(extractor.backbone.embed_dim, train_set).to(source.device)
-        identity = {"protocol": self.name, "upsampler": extractor.upsampler_spec(), "dataset": dataset["name"],
+        identity = {"protocol": self.name, "upsampler": extractor.upsampler_spec(),
+                    "dataset": dataset,
                     "channels": extractor.backbone.embed_dim, "backbone": extractor.backbone.spec(),
                     "training": {k: v for k, v in dataclasses.asdict(settings).items() if k in RESUME_IDENTITY}}
         if not self.train(head, source, train_set, settings, run_dir, identity):
             return Evaluation(metrics={}, dataset=dataset, completed=False)
         metrics, per_item, examples = self.evaluate_head(head, source, val_set, settings.examples)
-        torch.save({"head": head.state_dict(), "task": self.task, "channels": identity["channels"],
-                    "num_classes": getattr(train_set, "num_classes", None)}, run_dir / "probe.pt")
+        atomic_torch_save({"head": head.state_dict(), "task": self.task, "channels": identity["channels"],
+                           "num_classes": getattr(train_set, "num_classes", None)}, run_dir / "probe.pt")
         save_predictions(examples, self.task, run_dir / "predictions.png")
         resolution = {"image_size": settings.dataset.get("size"), "native_size": settings.native_size,
                       "mode": settings.mode, "size_policy": extractor.backbone.spec().get("size_policy")}
@@ -236,8 +238,8 @@ class LinearProbe(Protocol):
                 loss = self.loss(head(feats), target, settings.mode)
                 trainer.step(loss)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-            torch.save({"epoch": epoch + 1, "head": head.state_dict(), **trainer.state_dict(),
-                        "generator": generator.get_state(), "identity": identity}, run_dir / "probe_state.pt")
+            atomic_torch_save({"epoch": epoch + 1, "head": head.state_dict(), **trainer.state_dict(),
+                               "generator": generator.get_state(), "identity": identity}, run_dir / "probe_state.pt")
             if settings.stop_after_epoch is not None and settings.stop_after_epoch <= epoch + 1 < settings.epochs:
                 log.info("stopping after epoch %d of %d (protocol.stop_after_epoch); run again to resume",
                          epoch + 1, settings.epochs)
@@ -285,7 +287,11 @@ def resume_probe(path: Path, head: nn.Module, trainer: HeadTrainer, generator: t
     """Load ``probe_state.pt`` when it exists and belongs to this run; returns the epoch to start from."""
     if not path.exists():
         return 0
-    state = torch.load(path, weights_only=False)
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as err:  # written atomically since schema 1; an older torn file must not block the rerun
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it to start the probe over") \
+            from None
     saved = state.get("identity", {"channels": state.get("channels")})
     differences = [f"{key}: {saved.get(key)!r} -> {new!r}" for key, new in identity.items() if saved.get(key) != new]
     if differences:

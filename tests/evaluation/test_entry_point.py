@@ -36,7 +36,8 @@ def test_a_sweep_over_upsamplers_writes_one_record_each(tmp_path):
                f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=REPO_ROOT)
     records = collect([tmp_path / "sweep"]).records
     assert sorted(r.label for r in records) == ["bilinear", "nearest"]
-    assert {r.dataset["name"] for r in records} == {"voc2012"} and records[0].command.startswith("python -m evaluation")
+    assert {r.dataset["name"] for r in records} == {"voc2012"}
+    assert records[0].command.startswith("python -m evaluation protocol=probe_segmentation model=")  # this job
 
 
 def test_a_checkpoint_is_evaluated_from_any_directory_into_its_own_run_dir(tmp_path):
@@ -48,7 +49,8 @@ def test_a_checkpoint_is_evaluated_from_any_directory_into_its_own_run_dir(tmp_p
     work.mkdir()
     proc = evaluation("protocol=fidelity", "backbone=test_vit", f"checkpoint={tmp_path / 'runs' / 'lift_a'}",
                       "protocol.num_images=2", "protocol.image_size=32", "device=cpu", cwd=work)
-    path = work / "outputs" / "eval" / "fidelity" / "images" / "ckpt-runs-lift_a" / "result.json"
+    [path] = (work / "outputs" / "eval" / "fidelity" / "protocol_data" / "test_vit").glob("*/result.json")
+    assert path.parent.name.startswith("ckpt-runs-lift_a-step_0000005-")  # the run, the step, a settings hash
     record = read_record(path)
     assert record.upsampler["name"] == "lift" and record.upsampler["step"] == 5
     assert record.upsampler["kwargs"] == {"image_channels": 8} and "lift" in proc.stdout
@@ -107,7 +109,15 @@ def test_every_dataset_option_composes_and_matches_its_loader(option):
     assert extra <= accepted, f"config/dataset/{option}.yaml keys {extra - accepted} are not loader arguments"
 
 
-def test_run_directory_names_tell_checkpoints_apart():
+def test_run_directory_names_tell_checkpoints_steps_and_settings_apart(tmp_path):
+    from hydra_plugins.wrc_resolvers import settings_hash
+
     assert upsampler_slug("bilinear", None) == "bilinear"
     assert upsampler_slug("bilinear", "outputs/lift/2026-01-01_10-00-00") == "ckpt-lift-2026-01-01_10-00-00"
     assert upsampler_slug("x", "/r/wrc run/checkpoints/step_0000300") == "ckpt-wrc_run-step_0000300"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "LATEST").write_text("step_0002000\n")
+    assert upsampler_slug("x", str(tmp_path / "run")).endswith("-run-step_0002000")
+    assert settings_hash({"name": "lift"}, {"epochs": 2}) == settings_hash({"name": "lift"}, {"epochs": 2})
+    assert settings_hash({"name": "lift"}, {"epochs": 2}) != settings_hash({"name": "lift"}, {"epochs": 3})
+    assert settings_hash({"epochs": 2, "stop_after_epoch": 1}) == settings_hash({"epochs": 2})  # resumes

@@ -139,3 +139,23 @@ def test_a_probe_state_of_another_run_is_refused(tmp_path, test_vit):
     probe(build_extractor(test_vit, "bilinear"), tmp_path / "run", voc_settings(root, epochs=1, stop_after_epoch=1))
     with pytest.raises(ValueError, match="holds a probe of another run"):  # same folder, another upsampler
         probe(build_extractor(test_vit, "nearest"), tmp_path / "run", voc_settings(root, epochs=1))
+
+
+def test_probe_state_is_written_atomically_and_a_torn_one_is_a_clear_error(tmp_path, bilinear, monkeypatch):
+    root = fake_voc(tmp_path / "voc")
+    probe(bilinear, tmp_path / "run", voc_settings(root, epochs=2, stop_after_epoch=1))
+    good = (tmp_path / "run" / "probe_state.pt").read_bytes()
+
+    def killed(obj, handle):  # a kill in the middle of the next epoch's write
+        handle.write(b"torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        probe(bilinear, tmp_path / "run", voc_settings(root, epochs=2))
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "probe_state.pt").read_bytes() == good  # the last good state survived
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".probe_state")]
+    (tmp_path / "run" / "probe_state.pt").write_bytes(good[: len(good) // 2])  # torn by an older writer
+    with pytest.raises(ValueError, match="probe_state.pt cannot be read .* delete it to start the probe over"):
+        probe(bilinear, tmp_path / "run", voc_settings(root, epochs=2))

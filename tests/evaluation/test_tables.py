@@ -82,3 +82,13 @@ def test_the_committed_synthetic_results_still_tabulate():
     assert not found.skipped and len(found.records) >= 10
     markdown, _ = build_table(found.records, "synthetic")
     assert markdown.splitlines()[2].startswith("| ground_truth | 1.0000")
+
+
+def test_runs_on_different_backbones_are_never_averaged(tmp_path):
+    for name, backbone, cosine in (("a", "vit_s", 0.9), ("b", "vit_b", 0.7)):
+        write_record(ResultRecord(protocol="fidelity", dataset={"name": "samples", "split": None, "root": None},
+                                  backbone={"name": backbone}, upsampler={"name": "bilinear", "kwargs": {}},
+                                  resolution={}, metrics={"cosine": cosine, "rel_l2": 0.1}), tmp_path / name)
+    markdown, _ = build_table(collect([tmp_path]).records, "fidelity")
+    assert markdown.splitlines()[2:] == ["| bilinear @ vit_b | 0.7000 | 0.1000 |",
+                                         "| bilinear @ vit_s | 0.9000 | 0.1000 |"]

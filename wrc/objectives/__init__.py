@@ -4,10 +4,6 @@ The registry imports every module of this package at the first lookup (``list_ob
 ``create_objective``, ...); ``wrc.objectives.<module>`` read as an attribute imports that module.
 """
 
-import importlib
-import pkgutil
-from types import ModuleType
-
 from wrc.objectives.base import (
     OBJECTIVES,
     Objective,
@@ -16,14 +12,11 @@ from wrc.objectives.base import (
     list_objectives,
     register_objective,
 )
+from wrc.registry import submodule_getattr
 
 __all__ = [
     "OBJECTIVES", "Objective", "create_objective", "get_objective_class", "list_objectives", "register_objective",
 ]
 
 
-def __getattr__(name: str) -> ModuleType:
-    """Submodules load on first access, as they did when this file imported them all."""
-    if not name.startswith("_") and name in {info.name for info in pkgutil.iter_modules(__path__)}:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodule_getattr(__name__, __path__)

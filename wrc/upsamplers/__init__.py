@@ -4,10 +4,7 @@ The registry imports every module of this package at the first lookup (``list_up
 ``create_upsampler``, ...); ``wrc.upsamplers.<module>`` read as an attribute imports that module.
 """
 
-import importlib
-import pkgutil
-from types import ModuleType
-
+from wrc.registry import submodule_getattr
 from wrc.upsamplers.base import (
     UPSAMPLERS,
     Upsampler,
@@ -22,8 +19,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> ModuleType:
-    """Submodules load on first access, as they did when this file imported them all."""
-    if not name.startswith("_") and name in {info.name for info in pkgutil.iter_modules(__path__)}:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodule_getattr(__name__, __path__)
