@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.guidance import IMAGE_TOLERANCE
+
 log = logging.getLogger("wrc")
 
 SIZE_POLICIES = ("resize", "pad", "crop")
@@ -55,7 +57,6 @@ HUB_CHECK_TIMEOUT_S = 1.5
 EXPLICIT_SOURCES = ("hf-hub:", "local-dir:")  # timm names that say where their weights are
 SAFE_ALTERNATIVES = {"pytorch_model.bin": "model.safetensors",
                      "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}
-IMAGE_TOLERANCE = 1e-3  # how far outside [0, 1] an image may stray (interpolation rounding)
 WEIGHTS_HELP = ("Without network access pass backbone.weights=/path/to/checkpoint.(safetensors|pth) for a local "
                 "file, or backbone.weights=random for a random initialisation.")
 

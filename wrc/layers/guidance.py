@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+IMAGE_TOLERANCE = 1e-2  # how far an image in [0, 1] may stray: bf16 rounding of 1.0, resampling overshoot;
+# never a 0..255 or a mean/std-normalised image. The backbone and every upsampler check against this one value.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.guidance import IMAGE_TOLERANCE
 from wrc.registry import Registry
 
 UPSAMPLERS: Registry[type[Upsampler]] = Registry("upsampler", "model.name", package="wrc.upsamplers")
-IMAGE_TOLERANCE = 1e-2  # image values may leave [0, 1] by this much: bf16 rounding of 1.0, never a 0..255 image
 
 
 def resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
