@@ -29,6 +29,7 @@ from evaluation.records import ResultRecord, write_record
 from wrc.extractor import DenseFeatureExtractor
 from wrc.provenance import code_version, command_line, device_name
 from wrc.registry import Registry
+from wrc.settings import settings_from_mapping
 
 log = logging.getLogger("wrc")
 
@@ -86,7 +87,7 @@ class Protocol:
         """The protocol's settings from a mapping (defaults filled in, unknown keys refused) or a Settings."""
         if isinstance(given, self.Settings):
             return given
-        return settings_from_mapping(self.Settings, dict(given or {}), where=f"protocol={self.name}")
+        return settings_from_mapping(self.Settings, dict(given or {}), "protocol")
 
     def make_backbone(self, settings: Any) -> torch.nn.Module | None:
         """A backbone of the protocol's own (the synthetic benchmark's oracle), or None to use the configured one."""
@@ -106,19 +107,6 @@ def list_protocols() -> list[str]:
 
 def get_protocol(name: str) -> Protocol:
     return PROTOCOLS.get(name)()
-
-
-def settings_from_mapping(cls: type, given: Mapping[str, Any], where: str) -> Any:
-    """``cls(**given)`` for a dataclass ``cls``, refusing keys it does not have with the list of valid ones."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(repr(k) for k in unknown)} for {where}; "
-                         f"valid settings: {', '.join(names)}")
-    try:
-        return cls(**given)
-    except TypeError as err:
-        raise ValueError(f"bad settings for {where}: {err}") from None
 
 
 def evaluate(protocol: str | Protocol, extractor: DenseFeatureExtractor, settings: Mapping[str, Any] | Any,

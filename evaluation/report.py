@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from evaluation.protocol import evaluate, settings_from_mapping
+from evaluation.protocol import evaluate
 from evaluation.protocols.fidelity import FidelitySettings, large_image, load_eval_images
 from evaluation.report_settings import ReportSettings
 from utils.visualization import comparison_figure, save_figure
 from wrc.checkpoint import atomic_write_text
 from wrc.extractor import Backbone, DenseFeatureExtractor, attach_source, build_extractor
+from wrc.settings import settings_from_mapping
 from wrc.upsamplers import Upsampler, list_upsamplers
 
 QUERY = (0.45, 0.55)  # (y, x) of the similarity-map query, in [0, 1)
@@ -30,7 +31,7 @@ QUERY = (0.45, 0.55)  # (y, x) of the similarity-map query, in [0, 1)
 def report_settings(given: Mapping[str, Any] | None) -> ReportSettings:
     """``evaluate.*`` with defaults filled in; an unknown key, a bad value or an unknown baseline is an error naming
     it (train_wrc.py asks before training starts)."""
-    settings = settings_from_mapping(ReportSettings, dict(given or {}), where="evaluate")
+    settings = settings_from_mapping(ReportSettings, dict(given or {}), "evaluate")
     unknown = [name for name in settings.baselines if name not in list_upsamplers()]
     if unknown:
         raise ValueError(f"evaluate.baselines: unknown upsampler(s) {unknown}; available: "

@@ -37,6 +37,9 @@ RESUME_MAY_CHANGE = (
 )
 
 
+T = typing.TypeVar("T")
+
+
 class SettingsError(ValueError):
     """A training setting is unknown or has a value ``train`` cannot run with; the message names the key."""
 
@@ -102,6 +105,15 @@ def _values(cls: type, mapping: Mapping[str, Any], prefix: str) -> dict[str, Any
     hints = typing.get_type_hints(cls)
     where = f"{prefix}." if prefix else ""
     return {key: _coerce(value, hints[key], f"{where}{key}") for key, value in mapping.items()}
+
+
+def settings_from_mapping(cls: type[T], mapping: Mapping[str, Any], prefix: str) -> T:
+    """The dataclass ``cls`` from ``mapping``: unknown keys refused (with the closest valid one), values coerced to
+    the field types, defaults filled in; ``prefix`` is how a user names the section (``protocol``, ``evaluate``)."""
+    try:
+        return cls(**_values(cls, mapping, prefix))
+    except TypeError as err:
+        raise SettingsError(f"bad settings for {prefix}: {err}") from None
 
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:

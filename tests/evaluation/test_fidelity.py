@@ -54,7 +54,7 @@ def test_the_report_writes_a_record_per_method_and_a_summary(tmp_path, test_vit)
 
 def test_report_settings_are_checked_before_training():
     assert report_settings(None).num_images == 8
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'num_image' for evaluate; valid .*num_images"):
+    with pytest.raises(ValueError, match=r"unknown setting evaluate.num_image \(did you mean evaluate.num_images\?\)"):
         report_settings({"num_image": 4})
     with pytest.raises(ValueError, match="evaluate.scale must be >= 1; got 0"):
         report_settings({"scale": 0})

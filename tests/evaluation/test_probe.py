@@ -119,12 +119,17 @@ def test_missing_split_unset_root_and_wrong_task(tmp_path, bilinear):
 
 
 def test_unknown_and_bad_settings_name_the_key(tmp_path, bilinear):
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'epoch' for protocol=probe_segmentation; .*epochs"):
+    with pytest.raises(ValueError, match=r"unknown setting protocol.epoch \(did you mean protocol.epochs\?\)"):
         probe(bilinear, tmp_path / "run", {"epoch": 3})
     with pytest.raises(ValueError, match=r"protocol.mode='hires'; expected one of \('highres', 'lowres'\)"):
         probe(bilinear, tmp_path / "run", {"mode": "hires"})
     with pytest.raises(ValueError, match="protocol.epochs must be >= 1; got 0"):
         probe(bilinear, tmp_path / "run", {"epochs": 0})
+    with pytest.raises(ValueError, match="protocol.lr must be a number; got 'fast'"):
+        probe(bilinear, tmp_path / "run", {"lr": "fast"})
+    from evaluation.protocol import get_protocol
+
+    assert get_protocol("probe_segmentation").settings({"epochs": 2.0}).epochs == 2  # coerced, as train() does
 
 
 def test_a_probe_state_of_another_run_is_refused(tmp_path, test_vit):
