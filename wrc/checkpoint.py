@@ -32,7 +32,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -86,17 +86,16 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new content, never a torn file.
-
-    The file gets the permissions the umask gives (mkstemp alone would leave it 0600).
-    """
+def atomic_write(path: Path, write: Callable[[IO], object], mode: str = "wb") -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it and rename it into place: readers see the
+    old or the new content, never a torn file. The file gets the permissions the umask gives (mkstemp alone would
+    leave it 0600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, mode) as handle:
             os.fchmod(handle.fileno(), 0o666 & ~current_umask())
-            handle.write(text)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -106,20 +105,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_directory(path.parent)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text), mode="w")
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` that readers see whole or not at all (temporary file, fsync, rename), with umask permissions."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def step_number(path: Path) -> int | None:
