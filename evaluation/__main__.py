@@ -36,11 +36,11 @@ TOP_LEVEL = ("backbone", "model", "dataset", "protocol", "device", "checkpoint",
 
 
 def register_schemas() -> None:
-    """Every protocol's settings dataclass as ``protocol/<name>_schema``, which its YAML extends: the dataclass is
+    """Every protocol's settings dataclass as ``protocol_schema/<name>``, which its YAML extends: the dataclass is
     the one source of the defaults, and Hydra rejects a misspelt ``protocol.<key>``."""
     store = ConfigStore.instance()
     for name in PROTOCOLS.names():
-        store.store(group="protocol", name=f"{name}_schema", node=PROTOCOLS.get(name).Settings)
+        store.store(group="protocol_schema", name=name, node=PROTOCOLS.get(name).Settings)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,7 +81,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     protocol = hydra_cfg.runtime.choices["protocol"]
     command = " ".join(["python -m evaluation", *hydra_cfg.overrides.task])  # this job, also in a sweep or on SLURM
-    record = run(OmegaConf.to_container(cfg, resolve=True), protocol.removesuffix("_schema"), command)
+    record = run(OmegaConf.to_container(cfg, resolve=True), protocol, command)
     if record is None:
         print(f"stopped early on purpose; run the same command again to resume ({cfg.run_dir})")
         return

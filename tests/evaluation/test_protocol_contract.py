@@ -106,7 +106,7 @@ def test_a_protocol_is_one_file_and_one_yaml(tmp_path, monkeypatch, test_vit):
     (tmp_path / "pkg" / "toy_mean_feature.py").write_text(TOY_PROTOCOL)
     (tmp_path / "conf" / "protocol").mkdir(parents=True)
     (tmp_path / "conf" / "protocol" / "toy_mean_feature.yaml").write_text(
-        "defaults:\n  - toy_mean_feature_schema\n  - _self_\nside: 48\n")
+        "defaults:\n  - /protocol_schema/toy_mean_feature@_here_\n  - _self_\nside: 48\n")
     monkeypatch.setattr(evaluation.protocols, "__path__", [*evaluation.protocols.__path__, str(tmp_path / "pkg")])
     try:
         assert "toy_mean_feature" in list_protocols()
