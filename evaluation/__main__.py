@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +28,7 @@ from evaluation.protocol import PROTOCOLS, evaluate, get_protocol
 from evaluation.records import ResultRecord
 from hydra_plugins.wrc_resolvers import register_resolvers
 from wrc.build import build_backbone
+from wrc.distributed import resolve_device
 from wrc.extractor import build_extractor
 
 log = logging.getLogger("wrc")
@@ -41,14 +41,6 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for name in PROTOCOLS.names():
         store.store(group="protocol_schema", name=name, node=PROTOCOLS.get(name).Settings)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but torch sees no CUDA device; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def run(config: Mapping[str, Any], protocol: str, command: str | None = None) -> ResultRecord | None:

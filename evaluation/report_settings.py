@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wrc.settings import require_at_least_one
+
 
 @dataclass
 class ReportSettings:
@@ -20,8 +22,6 @@ class ReportSettings:
     figure: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("num_images", "image_size", "scale"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"evaluate.{key} must be >= 1; got {getattr(self, key)}")
+        require_at_least_one(self, "evaluate", "num_images", "image_size", "scale")
         if self.root is not None and not Path(self.root).is_dir():
             raise ValueError(f"evaluate.root={self.root!r} is not a folder of held-out images")

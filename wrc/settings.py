@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
 S = TypeVar("S", bound="Section")
+T = TypeVar("T")
 _MISSING = "(absent)"
 
 # Keys a resumed run may change: where it writes and logs, and how far it goes. Everything else (seed,
@@ -35,9 +36,6 @@ RESUME_MAY_CHANGE = (
     "name", "run_dir", "resume", "resume_allow_changes", "device", "logger", "evaluate",
     "train.max_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "data.num_workers",
 )
-
-
-T = typing.TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -114,6 +112,15 @@ def settings_from_mapping(cls: type[T], mapping: Mapping[str, Any], prefix: str)
         return cls(**_values(cls, mapping, prefix))
     except TypeError as err:
         raise SettingsError(f"bad settings for {prefix}: {err}") from None
+
+
+def require_at_least_one(settings: object, prefix: str, *keys: str) -> None:
+    """Raise ``SettingsError`` naming ``prefix.key`` for the first of ``keys`` whose value on ``settings`` is below 1
+    (counts and sizes a run cannot be made of zero of)."""
+    for key in keys:
+        value = getattr(settings, key)
+        if int(value) < 1:
+            raise SettingsError(f"{prefix}.{key} must be >= 1; got {value}")
 
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:

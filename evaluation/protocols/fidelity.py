@@ -22,6 +22,7 @@ from evaluation.metrics import cosine_per_image, relative_l2_per_image
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
 from wrc.data import ImageFolder, SampleImages
 from wrc.extractor import DenseFeatureExtractor
+from wrc.settings import require_at_least_one
 
 log = logging.getLogger("wrc")
 
@@ -35,9 +36,7 @@ class FidelitySettings:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        for key in ("num_images", "image_size", "scale", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"protocol.{key} must be >= 1; got {getattr(self, key)}")
+        require_at_least_one(self, "protocol", "num_images", "image_size", "scale", "batch_size")
 
 
 def read_eval_images(root: str | None, num_images: int, image_size: int) -> tuple[torch.Tensor, int]:

@@ -42,6 +42,7 @@ from evaluation.metrics import ConfusionMatrix, DepthMetrics
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
 from wrc.checkpoint import atomic_torch_save
 from wrc.extractor import DenseFeatureExtractor
+from wrc.settings import require_at_least_one
 
 log = logging.getLogger("wrc")
 MODES = ("highres", "lowres")
@@ -68,9 +69,7 @@ class ProbeSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"protocol.mode={self.mode!r}; expected one of {MODES}")
-        for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"protocol.{key} must be >= 1; got {getattr(self, key)}")
+        require_at_least_one(self, "protocol", "epochs", "batch_size")
         if not self.lr > 0:
             raise ValueError(f"protocol.lr must be > 0; got {self.lr}")
         if self.cache_dtype not in ("float16", "float32"):

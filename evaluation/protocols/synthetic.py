@@ -33,6 +33,7 @@ from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, registe
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import CLASSES, SyntheticScenes
 from wrc.extractor import DenseFeatureExtractor
+from wrc.settings import require_at_least_one
 from wrc.upsamplers.base import Upsampler
 
 PROBE_STEPS, PROBE_LR = 200, 0.05
@@ -47,9 +48,7 @@ class SyntheticSettings:
     seed: int = 0  # the probe's initialisation
 
     def __post_init__(self) -> None:
-        for key in ("image_size", "test_scenes", "probe_scenes", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"protocol.{key} must be >= 1; got {getattr(self, key)}")
+        require_at_least_one(self, "protocol", "image_size", "test_scenes", "probe_scenes", "batch_size")
         if self.image_size % 16:
             raise ValueError(f"protocol.image_size must be a multiple of 16 (twice the oracle's patch); "
                              f"got {self.image_size}")
