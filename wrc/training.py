@@ -147,13 +147,19 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
 
 def resume_changes(run_dir: Path, config: dict[str, Any], allow: bool) -> dict[str, tuple[Any, Any]]:
     """The settings this resume changes against the run's config.json; a ``ResumeConfigError`` listing them
-    unless ``allow``. A missing or unreadable config.json is warned about, never fatal."""
+    unless ``allow``. A longer or shorter ``train.max_steps`` is allowed with a warning (the schedule follows it). A
+    missing or unreadable config.json is warned about, never fatal."""
     saved = run_dir / "config.json"
     try:
         previous = json.loads(saved.read_text())
     except (OSError, ValueError) as err:
         log.warning("cannot read %s (%s): the resumed run's configuration is not checked", saved, err)
         return {}
+    before = (previous.get("train") or {}).get("max_steps")
+    if before is not None and before != config["train"]["max_steps"]:  # may change, but not unnoticed
+        log.warning("train.max_steps changes from %s to %s on resume: the learning-rate schedule from here on follows "
+                    "the new length, so the run will not equal one trained for %s steps from the start",
+                    before, config["train"]["max_steps"], config["train"]["max_steps"])
     changes = config_changes(previous, config)
     if changes and not allow:
         lines = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
@@ -163,18 +169,6 @@ def resume_changes(run_dir: Path, config: dict[str, Any], allow: bool) -> dict[s
             "(the old config.json is then kept as config.<checkpoint>.json)"
         )
     return changes
-
-
-def warn_on_new_schedule(run_dir: Path, max_steps: int) -> None:
-    """A resume may extend a run, but the cosine schedule is laid over ``train.max_steps``: say that it changes."""
-    try:
-        before = json.loads((run_dir / "config.json").read_text())["train"]["max_steps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if before != max_steps:
-        log.warning("train.max_steps changes from %s to %s on resume: the learning-rate schedule from here on follows "
-                    "the new length, so the run will not equal one trained for %s steps from the start",
-                    before, max_steps, max_steps)
 
 
 def make_loader(config: dict[str, Any], dataset: Dataset, ctx: DistributedContext, start_step: int) -> DataLoader:
@@ -219,13 +213,14 @@ def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[st
     """The loop of ``train``, run while the run directory is locked."""
     train_cfg = settings.train
     checkpoints = run_dir / "checkpoints"
-    last = latest_checkpoint(checkpoints) if resume != "no" else None
+    found = latest_checkpoint(checkpoints)
+    last = found if resume != "no" else None
     if last is None and resume == "required":
         raise FileNotFoundError(
             f"resume was asked for, but {checkpoints} holds no checkpoint: pass resume=false to start a new run, "
             "or resume=auto to continue when there is a checkpoint and start fresh otherwise"
         )
-    if last is None and resume == "no" and latest_checkpoint(checkpoints) is not None:
+    if resume == "no" and found is not None:
         raise FileExistsError(
             f"run_dir {run_dir} already holds the checkpoints of a run: pass resume=true to continue it, or choose "
             "another run_dir (a new run would overwrite them)"
@@ -237,8 +232,6 @@ def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[st
         log.warning("resuming with changed settings (resume_allow_changes=true): %s",
                     "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()))
     max_steps = train_cfg.max_steps
-    if last is not None and ctx.is_main:
-        warn_on_new_schedule(run_dir, max_steps)
     version = code_version()  # the code this process runs, whatever the checkout becomes meanwhile
     seed_everything(settings.seed + ctx.rank)
     if dataset is None:  # first, so a bad data.root fails before any download

@@ -34,11 +34,13 @@ def test_resume_true_on_a_run_without_checkpoints_is_an_error(tmp_path):
     assert not (tmp_path / "new" / "checkpoints").exists()
 
 
-def test_resume_auto_starts_fresh_or_continues(tmp_path):
+def test_resume_auto_starts_fresh_or_continues(tmp_path, caplog):
     first = train(tiny_train_config(tmp_path / "run", resume="auto", train={"max_steps": 2}))
     assert first.step == 2
-    again = train(tiny_train_config(tmp_path / "run", resume="auto", train={"max_steps": 4}))
+    with caplog.at_level("WARNING", logger="wrc"):
+        again = train(tiny_train_config(tmp_path / "run", resume="auto", train={"max_steps": 4}))
     assert again.step == 4 and [r["step"] for r in again.history] == [1, 2, 3, 4]
+    assert "train.max_steps changes from 2 to 4 on resume" in caplog.text  # extending is allowed, not unnoticed
 
 
 def test_a_new_run_never_overwrites_the_checkpoints_of_another(tmp_path):
