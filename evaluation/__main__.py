@@ -43,6 +43,13 @@ def register_schemas() -> None:
         store.store(group="protocol_schema", name=name, node=PROTOCOLS.get(name).Settings)
 
 
+def takes_dataset_node(settings_class: type) -> bool:
+    """Whether a protocol reads the top-level ``dataset=`` group (the probes: a config/dataset/ node); protocols whose
+    ``dataset`` is a name (``protocol.dataset=davis2017``) or that have none do not."""
+    fields = {f.name: f for f in dataclasses.fields(settings_class)}
+    return "dataset" in fields and "dict" in str(fields["dataset"].type)
+
+
 def run(config: Mapping[str, Any], protocol: str, command: str | None = None) -> ResultRecord | None:
     """Evaluate the configured upsampler (``checkpoint`` or ``model``) on the configured backbone with ``protocol``;
     returns its record (None when the protocol stopped early on purpose)."""
@@ -52,8 +59,9 @@ def run(config: Mapping[str, Any], protocol: str, command: str | None = None) ->
     chosen = get_protocol(protocol)
     settings = dict(config.get("protocol") or {})
     if config.get("dataset") is not None:
-        if "dataset" not in {f.name for f in dataclasses.fields(chosen.Settings)}:
-            raise ValueError(f"protocol={protocol} takes no dataset= (its data are configured under protocol.*)")
+        if not takes_dataset_node(chosen.Settings):
+            raise ValueError(f"protocol={protocol} takes no dataset= (its data are configured under protocol.*: "
+                             f"{', '.join(f.name for f in dataclasses.fields(chosen.Settings))})")
         settings["dataset"] = dict(config["dataset"])
     settings = chosen.settings(settings)
     device = resolve_device(str(config.get("device", "auto")))

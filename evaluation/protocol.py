@@ -51,12 +51,15 @@ class Column:
 @dataclass(frozen=True)
 class TableSpec:
     """How a protocol's records become a table: rows are upsamplers; columns are ``headline`` metrics (per dataset
-    when ``per_dataset``); ``rank_by`` sorts rows best first by that metric (alphabetical otherwise)."""
+    when ``per_dataset``, and per value of each ``split_by`` key of the records' ``resolution``: SPair at 56, 112,
+    224 and 448 pixels are four columns, never one average); ``rank_by`` sorts rows best first by that metric
+    (alphabetical otherwise)."""
 
     columns: tuple[Column, ...]
     headline: tuple[str, ...]
     per_dataset: bool = True
     rank_by: str | None = None
+    split_by: tuple[str, ...] = ()
 
     def column(self, metric: str) -> Column:
         for column in self.columns:

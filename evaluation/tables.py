@@ -54,18 +54,36 @@ PAPER_TABLES: dict[str, tuple[Part, ...]] = {
 }
 
 
+def column_group(record: ResultRecord, spec: TableSpec) -> tuple:
+    """The columns a record's numbers go under: its dataset (when ``per_dataset``) and its value of each
+    ``split_by`` resolution key, as a tuple that sorts numbers numerically (56 before 112)."""
+    dataset = record.dataset.get("name", "") if spec.per_dataset else ""
+    return (dataset, *(record.resolution.get(key, "") for key in spec.split_by))
+
+
+def natural(value: object) -> tuple:
+    """Sort key: numbers by value (56 before 112), before anything else by its text."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if is_number else (1, 0, str(value))
+
+
+def group_label(group: tuple) -> str:
+    """``("spair71k", 224)`` -> ``spair71k 224``; ``("",)`` -> ``""``."""
+    return " ".join(str(part) for part in group if part != "")
+
+
 def cells(records: Sequence[ResultRecord], protocol: str, spec: TableSpec, metrics: Sequence[str],
-          datasets: tuple[str, ...] | None = None) -> dict[tuple[str, str, str], list[float]]:
-    """(row, dataset, metric) -> values over runs, for ``protocol``'s records on ``datasets`` (None: all). Rows are
+          datasets: tuple[str, ...] | None = None) -> dict[tuple[str, tuple, str], list[float]]:
+    """(row, column group, metric) -> values over runs, for ``protocol``'s records on ``datasets`` (None: all). Rows are
     upsamplers; when the records come from several backbones, the backbone is part of the row, so that runs on
     different backbones are never averaged together."""
     chosen = [r for r in records if r.protocol == protocol
               and (datasets is None or r.dataset.get("name", "") in datasets)]
     several_backbones = len({str(r.backbone.get("name")) for r in chosen}) > 1
-    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    values: dict[tuple[str, tuple, str], list[float]] = defaultdict(list)
     for record in chosen:
         row = f"{record.label} @ {record.backbone.get('name')}" if several_backbones else record.label
-        dataset = record.dataset.get("name", "") if spec.per_dataset else ""
+        dataset = column_group(record, spec)
         for metric in metrics:
             value = record.metrics.get(metric)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -92,15 +110,15 @@ def build_table(records: Sequence[ResultRecord], protocol: str, metrics: Sequenc
     if not values:
         where = f" on {', '.join(datasets)}" if datasets else ""
         raise ValueError(f"no {protocol} results found{where} (looked for records with protocol {protocol!r})")
-    columns = sorted({(dataset, metric) for _, dataset, metric in values},
-                     key=lambda c: (c[0], metrics.index(c[1])))
+    columns = sorted({(group, metric) for _, group, metric in values},
+                     key=lambda c: (tuple(natural(v) for v in c[0]), metrics.index(c[1])))
     rows = sorted({row for row, _, _ in values})
     if spec.rank_by in metrics:  # a ranking: best first
         order = columns_of[spec.rank_by]
         score = {row: statistics.fmean(v) for (row, _, metric), v in values.items() if metric == spec.rank_by}
         missing = float("-inf") if order.higher_is_better else float("inf")
         rows.sort(key=lambda row: score.get(row, missing), reverse=order.higher_is_better)
-    headers = [header(dataset, metric, columns_of[metric], len(metrics)) for dataset, metric in columns]
+    headers = [header(group_label(group), metric, columns_of[metric], len(metrics)) for group, metric in columns]
     md = ["| upsampler | " + " | ".join(headers) + " |", "| --- |" + " ---: |" * len(columns)]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -109,10 +127,10 @@ def build_table(records: Sequence[ResultRecord], protocol: str, metrics: Sequenc
         shown = [summarise(values[(row, d, m)], columns_of[m].percent) if (row, d, m) in values else "-"
                  for d, m in columns]
         md.append(f"| {row} | " + " | ".join(shown) + " |")
-        for dataset, metric in columns:
-            if (row, dataset, metric) in values:
-                v = values[(row, dataset, metric)]
-                writer.writerow([row, dataset, metric, statistics.fmean(v), statistics.pstdev(v), len(v)])
+        for group, metric in columns:
+            if (row, group, metric) in values:
+                v = values[(row, group, metric)]
+                writer.writerow([row, group_label(group), metric, statistics.fmean(v), statistics.pstdev(v), len(v)])
     return "\n".join(md), buffer.getvalue()
 
 

@@ -27,9 +27,12 @@ def config_dir() -> str:
     return str(CONFIG_DIR)
 
 
-def dataset_name(dataset: object) -> str:
-    """A dataset config node's name, or ``protocol_data`` for protocols whose data are protocol settings."""
-    return str(dataset["name"]) if dataset else "protocol_data"
+def dataset_name(dataset: object, protocol_dataset: object = None) -> str:
+    """A dataset config node's name (the probes' ``dataset=``), else the protocol's own ``protocol.dataset`` name
+    (``davis2017``, ``voc07``, ...), else ``protocol_data`` for protocols whose data are other protocol settings."""
+    if dataset:
+        return str(dataset["name"])
+    return str(protocol_dataset) if isinstance(protocol_dataset, str) and protocol_dataset else "protocol_data"
 
 
 def upsampler_slug(model_name: str, checkpoint: str | None) -> str:
@@ -48,7 +51,8 @@ def upsampler_slug(model_name: str, checkpoint: str | None) -> str:
     return "ckpt-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(dict.fromkeys(parts)))
 
 
-RUN_ONLY = ("stop_after_epoch", "num_workers")  # how a run is carried out, not what it measures
+RUN_ONLY = ("stop_after_epoch", "max_sequences", "max_images", "max_categories", "num_workers")  # how a run is
+# carried out (when it stops to be resumed, how it loads), not what it measures
 
 
 def settings_hash(*nodes: object) -> str:

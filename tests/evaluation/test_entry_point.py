@@ -121,3 +121,27 @@ def test_run_directory_names_tell_checkpoints_steps_and_settings_apart(tmp_path)
     assert settings_hash({"name": "lift"}, {"epochs": 2}) == settings_hash({"name": "lift"}, {"epochs": 2})
     assert settings_hash({"name": "lift"}, {"epochs": 2}) != settings_hash({"name": "lift"}, {"epochs": 3})
     assert settings_hash({"epochs": 2, "stop_after_epoch": 1}) == settings_hash({"epochs": 2})  # resumes
+
+
+def resolved_run_dir(**nodes) -> str:
+    """config/hydra/eval.yaml's run directory resolved against ``nodes`` (the protocol choice replaced by "p")."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.wrc_resolvers import register_resolvers
+
+    register_resolvers()
+    hydra_config = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "config" / "hydra" / "eval.yaml"))
+    template = hydra_config["run"]["dir"]
+    template = template.replace("${hydra:runtime.choices.protocol}", "p")
+    base = {"backbone": {"name": "vit_small_patch16_224.dino", "facet": "token"}, "model": {"name": "bilinear"},
+            "checkpoint": None, "protocol": {}, "dataset": None}
+    return OmegaConf.create({**base, **nodes, "dir": template}).dir
+
+
+def test_run_directories_tell_backbone_facets_and_protocol_datasets_apart():
+    token = resolved_run_dir()
+    key = resolved_run_dir(backbone={"name": "vit_small_patch16_224.dino", "facet": "key"})
+    assert token != key and token.split("/")[:-1] == key.split("/")[:-1]  # same folder, another settings hash
+    assert token.split("/")[3] == "protocol_data"
+    assert resolved_run_dir(protocol={"dataset": "davis2017"}).split("/")[3] == "davis2017"
+    assert resolved_run_dir(dataset={"name": "voc2012"}).split("/")[3] == "voc2012"
