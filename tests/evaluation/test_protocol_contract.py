@@ -16,7 +16,7 @@ from evaluation.protocol import evaluate, get_protocol, list_protocols
 from evaluation.records import read_record
 from evaluation.tables import build_table
 from tests.conftest import REPO_ROOT
-from tests.evaluation import test_davis, test_spair
+from tests.evaluation import test_davis, test_object_discovery, test_salient, test_spair
 from tests.evaluation.test_probe import fake_nyu, fake_voc, nyu_settings, voc_settings
 from wrc.extractor import build_extractor
 
@@ -27,6 +27,8 @@ FAKE_SETTINGS = {  # protocol: tmp_path -> settings on fake data, as small as st
     "synthetic": lambda tmp: {"image_size": 32, "test_scenes": 2, "probe_scenes": 2},
     "davis": test_davis.fake_settings,
     "spair": test_spair.fake_settings,
+    "object_discovery": test_object_discovery.fake_settings_object_discovery,
+    "salient": test_salient.fake_settings_salient,
 }
 
 
