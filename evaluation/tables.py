@@ -44,13 +44,22 @@ class Part:
 
 
 PAPER_TABLES: dict[str, tuple[Part, ...]] = {
-    "wrc-table1": (Part("probe_segmentation", ("cityscapes",), ("miou", "pixel_accuracy")),),
+    "wrc-table1": (Part("probe_segmentation", ("cityscapes",), ("miou", "pixel_accuracy")),
+                   Part("davis", ("davis2017",), ("jf_mean",)), Part("object_discovery", ("coco20k",), ("corloc",))),
     "featup-table1": (Part("probe_segmentation", ("coco_stuff27",), ("miou", "pixel_accuracy")),
                       Part("probe_depth", ("nyuv2",), ("rmse", "d1"))),
     "srt-table2": (Part("probe_depth", ("nyuv2",), ("rmse", "rmse_log", "abs_rel", "d1")),),
     "jafar-probes": (Part("probe_segmentation", ("voc2012", "ade20k", "cityscapes", "coco_stuff27"), ("miou",)),
                      Part("probe_depth", ("nyuv2",), ("d1", "rmse"))),
     "synthetic": (Part("synthetic", None, ("cosine", "rel_l2", "cosine_2x", "miou", "boundary_f")),),
+    # LiFT (ECCV'24), DINO ViT-S/16 at 56-448 px: the resolutions are columns (the protocols' split_by)
+    "lift-table1": (Part("spair", ("spair71k",), ("pck@0.1", "pck@0.05", "pck@0.01")),),
+    "lift-table2": (Part("davis", ("davis2017",), ("jf_mean",)),),
+    "lift-table3": (Part("object_discovery", ("coco20k",), ("corloc",)),),
+    "srt-table1": (Part("davis", ("davis2017",), ("jf_mean", "j_mean", "j_recall", "f_mean", "f_recall")),),
+    "wrc-table2": (Part("spair", ("spair71k",), ("pck@0.1", "pck@0.05", "pck@0.01")),),
+    "tokencut": (Part("object_discovery", ("voc07", "voc12", "coco20k"), ("corloc",)),
+                 Part("salient", ("ecssd", "duts_te", "dut_omron"), ("max_f", "iou", "accuracy"))),
 }
 
 

@@ -51,8 +51,8 @@ def upsampler_slug(model_name: str, checkpoint: str | None) -> str:
     return "ckpt-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(dict.fromkeys(parts)))
 
 
-RUN_ONLY = ("stop_after_epoch", "max_sequences", "max_images", "max_categories", "num_workers")  # how a run is
-# carried out (when it stops to be resumed, how it loads), not what it measures
+RUN_ONLY = ("stop_after_epoch", "stop_after", "max_sequences", "max_categories", "num_workers", "cache_mb")
+# how a run is carried out (when it stops on purpose to be resumed, how it loads and caches), not what it measures
 
 
 def settings_hash(*nodes: object) -> str:

@@ -8,10 +8,10 @@ from evaluation.records import ResultRecord, collect, write_record
 from evaluation.tables import PAPER_TABLES, build_table, main, paper_table
 
 
-def write_run(path, protocol, dataset, upsampler, metrics, seed=0):
+def write_run(path, protocol, dataset, upsampler, metrics, seed=0, resolution=None):
     write_record(ResultRecord(protocol=protocol, dataset={"name": dataset, "split": "val", "root": None},
                               backbone={"name": "test_vit"}, upsampler={"kwargs": {}, "step": None, **upsampler},
-                              resolution={}, metrics=metrics, config={"seed": seed}), path)
+                              resolution=resolution or {}, metrics=metrics, config={"seed": seed}), path)
 
 
 def test_segmentation_table_mean_and_std_over_seeds(tmp_path):
@@ -92,3 +92,25 @@ def test_runs_on_different_backbones_are_never_averaged(tmp_path):
     markdown, _ = build_table(collect([tmp_path]).records, "fidelity")
     assert markdown.splitlines()[2:] == ["| bilinear @ vit_b | 0.7000 | 0.1000 |",
                                          "| bilinear @ vit_s | 0.9000 | 0.1000 |"]
+
+
+def test_resolutions_a_protocol_splits_by_are_columns_in_numeric_order_never_averaged(tmp_path):
+    for size, pck in ((224, 0.30), (56, 0.05), (112, 0.15), (224, 0.32)):  # two seeds at 224
+        write_run(tmp_path / f"{size}_{int(pck * 100)}", "spair", "spair71k", {"name": "lift"},
+                  {"pck@0.1": pck, "pck@0.05": pck / 2, "pck@0.01": pck / 10}, resolution={"image_size": size})
+    markdown, table_csv = paper_table(collect([tmp_path]).records, "lift-table1")
+    header, _, row = markdown.split("\n\n", 1)[1].splitlines()
+    assert header.startswith("| upsampler | spair71k 56 pck@0.1 (%) ↑ | spair71k 56 pck@0.05 (%) ↑ |")
+    assert header.index("spair71k 56 ") < header.index("spair71k 112 ") < header.index("spair71k 224 ")
+    assert row.startswith("| lift | 5.00 | 2.50 | 0.50 | 15.00 | 7.50 | 1.50 | 31.00 ± 1.00 |")
+    assert "lift,spair71k 224,pck@0.1,0.31" in table_csv
+
+
+def test_every_paper_table_names_registered_protocols_and_their_columns():
+    from evaluation.protocol import get_protocol
+
+    for parts in PAPER_TABLES.values():
+        for part in parts:
+            spec = get_protocol(part.protocol).table
+            for metric in part.metrics:
+                spec.column(metric)  # raises for a metric the protocol does not declare
