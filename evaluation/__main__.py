@@ -60,8 +60,10 @@ def run(config: Mapping[str, Any], protocol: str, command: str | None = None) ->
     settings = dict(config.get("protocol") or {})
     if config.get("dataset") is not None:
         if not takes_dataset_node(chosen.Settings):
-            raise ValueError(f"protocol={protocol} takes no dataset= (its data are configured under protocol.*: "
-                             f"{', '.join(f.name for f in dataclasses.fields(chosen.Settings))})")
+            names = [f.name for f in dataclasses.fields(chosen.Settings)]
+            how = ("name its dataset with protocol.dataset=<name> and protocol.root=<folder>" if "dataset" in names
+                   else f"its data are configured under protocol.*: {', '.join(names)}")
+            raise ValueError(f"protocol={protocol} takes no dataset= group ({how})")
         settings["dataset"] = dict(config["dataset"])
     settings = chosen.settings(settings)
     device = resolve_device(str(config.get("device", "auto")))

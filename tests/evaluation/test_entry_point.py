@@ -74,8 +74,11 @@ def test_run_refuses_unknown_keys_and_a_dataset_for_protocols_without_one(tmp_pa
             "protocol": {}, "run_dir": str(tmp_path)}
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['modle'\] in the evaluation config; valid keys"):
         run({**base, "modle": {}}, "fidelity")
-    with pytest.raises(ValueError, match="protocol=fidelity takes no dataset="):
+    with pytest.raises(ValueError, match="protocol=fidelity takes no dataset= group"):
         run({**base, "dataset": {"name": "voc2012"}}, "fidelity")
+    with pytest.raises(ValueError, match=r"protocol=davis takes no dataset= group \(name its dataset with "
+                                         r"protocol.dataset=<name>"):
+        run({**base, "dataset": {"name": "voc2012"}}, "davis")
     with pytest.raises(ValueError, match="unknown evaluation protocol"):
         run(base, "fidelty")
 
