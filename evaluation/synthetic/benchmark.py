@@ -10,10 +10,18 @@ their run directories (``--work-dir``) keep checkpoints, so an interrupted bench
 it stopped. Training-free methods run as they are; "large_image" (the oracle on an 8x larger image)
 is a reference, not a competitor.
 
-Each method is scored by the ``synthetic`` protocol (evaluation/protocols/synthetic.py: cosine, rel_l2,
-cosine_2x, probe miou and boundary_f on held-out scenes; the row "ground_truth" is the ceiling). Each
-method's record is written to ``--out/<name>.json`` as soon as it is scored, and the table to
-``--out/synthetic.md`` and ``.csv`` (``python -m evaluation.tables synthetic <out>`` rebuilds it).
+Each method is scored on every task of ``--tasks`` (default all), each task a protocol run on a generated
+dataset with known answers, in the real dataset's layout and through the protocol's own code:
+- field: the ``synthetic`` protocol (evaluation/protocols/synthetic.py: cosine, rel_l2, cosine_2x, probe miou
+  and boundary_f against the oracle's field on held-out scenes);
+- video: ``davis`` on generated videos whose shapes move and deform (evaluation/synthetic/videos.py), J&F;
+- keypoints: ``spair`` on scene pairs related by known affine warps with occlusion (keypoints.py), PCK;
+- discovery: ``object_discovery`` (CorLoc) and salient: ``salient`` (maxF, IoU), on scenes with one salient
+  object on clutter (discovery.py).
+The row "ground_truth" (the oracle's own field) is each task's ceiling. A method's record is written as soon as
+it is scored: ``--out/<name>.json`` for the field task, ``--out/<protocol>/<name>.json`` for the others, and
+each task's table to ``--out/<protocol>.md`` and ``.csv`` (``python -m evaluation.tables <protocol> <out>``
+rebuilds it). A killed benchmark rerun with the same command trains nothing twice and rescoring is cheap.
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ from typing import Any
 
 import torch
 
-from evaluation.protocol import evaluate
-from evaluation.protocols.synthetic import GroundTruth, Synthetic, SyntheticSettings
+from evaluation.protocol import evaluate, get_protocol
+from evaluation.protocols.synthetic import GroundTruth, SyntheticSettings
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import SyntheticScenes
 from evaluation.tables import write_table
@@ -52,6 +60,13 @@ TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own object
     "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
+}
+TASKS: dict[str, tuple[str, dict[str, Any]]] = {  # task: (protocol, its settings on the generated dataset)
+    "field": ("synthetic", {}),  # from the command line (settings_of)
+    "video": ("davis", {"dataset": "synthetic", "image_size": 128}),  # 128-px frames, not resampled
+    "keypoints": ("spair", {"dataset": "synthetic"}),
+    "discovery": ("object_discovery", {"dataset": "synthetic"}),
+    "salient": ("salient", {"dataset": "synthetic"}),
 }
 TRAINING_FREE: dict[str, dict] = {
     "nearest": {}, "bilinear": {}, "bicubic": {}, "srt": {"max_shift": 3}, "strided": {},
@@ -106,14 +121,43 @@ def settings_of(args: argparse.Namespace) -> SyntheticSettings:
                              probe_scenes=args.probe_scenes, seed=args.seed)
 
 
+TASK_ITEMS = {  # task: the settings --task-items sets (generated videos, pairs per category, images)
+    "video": {"synthetic_sequences": None},
+    "keypoints": {"synthetic_pairs": None, "pairs_per_category": "none"},  # every generated pair once
+    "discovery": {"synthetic_images": None},
+    "salient": {"synthetic_images": None},
+}
+
+
+def task_settings(task: str, args: argparse.Namespace) -> Any:
+    """The settings of ``task``'s protocol on its generated dataset (``--task-items`` scales its size)."""
+    protocol, settings = TASKS[task]
+    if task == "field":
+        return settings_of(args)
+    settings = {**settings, "seed": args.seed}
+    if args.task_items is not None:
+        settings |= {key: args.task_items if value is None else None for key, value in TASK_ITEMS[task].items()}
+    return get_protocol(protocol).settings(settings)
+
+
+def record_path(task: str, name: str, args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    return out / f"{name}.json" if task == "field" else out / TASKS[task][0] / f"{name}.json"
+
+
 def score(name: str, upsampler: Upsampler, oracle: OracleBackbone, args: argparse.Namespace,
-          training: dict[str, Any]) -> dict[str, Any]:
-    """Score one method with the synthetic protocol and write its record to ``--out/<name>.json``."""
+          training: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Score one method on every task of ``--tasks``, each record written as soon as it exists; task -> metrics."""
     extractor = DenseFeatureExtractor(oracle, upsampler.to(args.device).eval())
     run_dir = Path(args.work_dir) / name
-    record = evaluate(Synthetic(), extractor, settings_of(args), run_dir, record_path=Path(args.out) / f"{name}.json",
-                      label=name, training=training)
-    return record.metrics
+    metrics = {}
+    for task in args.tasks:
+        protocol = TASKS[task][0]
+        record = evaluate(protocol, extractor, task_settings(task, args),
+                          run_dir if task == "field" else run_dir / f"eval_{task}",
+                          record_path=record_path(task, name, args), label=name, training=training)
+        metrics[task] = record.metrics
+    return metrics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -130,13 +174,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--implicit-steps", type=int, default=30,
                         help="FeatUp-Implicit fitting steps per image (FeatUp: 1200+, a GPU budget)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), metavar="TASK",
+                        help=f"tasks to score every method on (default: all of {', '.join(TASKS)})")
+    parser.add_argument("--task-items", type=int, default=None, metavar="N",
+                        help="generated videos / pairs per category / images of the tasks other than field "
+                             "(default: each protocol's own count; small values for tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work-dir", default="outputs/synthetic", help="run directories of the learned methods")
     parser.add_argument("--out", default="outputs/synthetic/results", help="result JSONs and the table")
     args = parser.parse_args(argv)
-    for option in ("steps", "image_size", "train_scenes", "test_scenes", "probe_scenes", "batch_size"):
-        if getattr(args, option) < 1:
+    for option in ("steps", "image_size", "train_scenes", "test_scenes", "probe_scenes", "batch_size", "task_items"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1; got {getattr(args, option)}")
     if args.image_size % 16:
         parser.error(f"--image-size must be a multiple of 16 (twice the oracle's patch); got {args.image_size}")
@@ -157,10 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.methods:  # each record is written when done: a killed run keeps the finished methods
         upsampler, seconds, objective = upsampler_for(name, oracle, args)
         model = TRAINED[name][0] if name in TRAINED else {"name": name, **TRAINING_FREE[name]}
-        metrics = score(name, upsampler, oracle, args, {
+        scores = score(name, upsampler, oracle, args, {
             "objective": objective, "train_seconds": seconds, "model": model, "training": setting,
             "parameters": sum(p.numel() for p in upsampler.parameters())})
-        log.info("%-16s cosine %.4f  rel_l2 %.4f  mIoU %.4f  boundary F %.4f", name, metrics["cosine"],
-                 metrics["rel_l2"], metrics["miou"], metrics["boundary_f"])
-    print(write_table(out, "synthetic", environment(torch.device(args.device))))
+        log.info("%-16s %s", name, "  ".join(f"{task} {headline(task, metrics)}" for task, metrics in scores.items()))
+    env = environment(torch.device(args.device))
+    for task in args.tasks:
+        protocol = TASKS[task][0]
+        print(f"\n{task} ({protocol})\n" + write_table(out if task == "field" else out / protocol, protocol, env))
     return 0
+
+
+def headline(task: str, metrics: dict[str, Any]) -> str:
+    names = get_protocol(TASKS[task][0]).table.headline
+    return " ".join(f"{m} {metrics[m]:.4f}" for m in names if isinstance(metrics.get(m), float))
