@@ -210,6 +210,21 @@ def decimate_problem(device, dtype, scale, k, b=2, c=3, h=4, w=5, seed=0):
     return [t.to(device=device, dtype=dtype) for t in tensors]
 
 
+@pytest.mark.parametrize("scale", [0, -2])
+def test_decimate_refuses_a_scale_below_one_instead_of_crashing(device, scale):
+    """The scale is checked before the op takes ``size % scale``: a 0 used to kill the process with SIGFPE, so the
+    call runs in a child process, where a crash fails this test instead of ending the whole run."""
+    code = ("import torch, torch_wrc\n"
+            f"x, k = torch.rand(1, 1, 4, 4, device='{device}'), torch.rand(1, 2, 2, device='{device}')\n"
+            "try:\n"
+            f"    torch.ops.wrc.decimate(x, k, {scale})\n"
+            "except RuntimeError as err:\n"
+            "    print(str(err).splitlines()[0])\n")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert child.returncode == 0, f"the child died with {child.returncode}: {child.stderr[-2000:]}"
+    assert f"wrc::decimate: scale must be >= 1; got {scale}" in child.stdout
+
+
 @pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
 def test_decimate_opcheck(device, scale, k):
     x, y, kernel = decimate_problem(device, torch.float64, scale, k)

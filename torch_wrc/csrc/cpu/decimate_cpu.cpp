@@ -10,6 +10,7 @@ namespace wrc {
 namespace {
 
 at::Tensor decimate_cpu(const at::Tensor& x_, const at::Tensor& kernel_, int64_t s) {
+  TORCH_CHECK(s >= 1, "wrc::decimate: scale must be >= 1; got ", s);  // before any % s (0 would raise SIGFPE)
   TORCH_CHECK(x_.dim() == 4 && x_.size(2) % s == 0 && x_.size(3) % s == 0,
               "wrc::decimate: x must be (B, C, s h, s w); got ", x_.sizes(), " for scale ", s);
   auto y = at::empty({x_.size(0), x_.size(1), x_.size(2) / s, x_.size(3) / s}, x_.options());

@@ -51,6 +51,7 @@ __global__ void kernel_grad_kernel(const scalar_t* __restrict__ y, const scalar_
 }
 
 at::Tensor decimate_cuda(const at::Tensor& x_, const at::Tensor& kernel_, int64_t s) {
+  TORCH_CHECK(s >= 1, "wrc::decimate: scale must be >= 1; got ", s);  // before any % s (0 would raise SIGFPE)
   TORCH_CHECK(x_.dim() == 4 && x_.size(2) % s == 0 && x_.size(3) % s == 0,
               "wrc::decimate: x must be (B, C, s h, s w); got ", x_.sizes(), " for scale ", s);
   const c10::cuda::CUDAGuard guard(x_.device());
