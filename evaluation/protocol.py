@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from evaluation.records import ResultRecord, write_record
+from evaluation.synthetic.oracle import OracleBackbone
 from wrc.extractor import DenseFeatureExtractor
 from wrc.provenance import code_version, command_line, device_name
 from wrc.registry import Registry
@@ -93,7 +94,10 @@ class Protocol:
         return settings_from_mapping(self.Settings, dict(given or {}), "protocol")
 
     def make_backbone(self, settings: Any) -> torch.nn.Module | None:
-        """A backbone of the protocol's own (the synthetic benchmark's oracle), or None to use the configured one."""
+        """A backbone of the protocol's own, or None to use the configured one. The convention of every protocol
+        with a ground-truth version: ``dataset="synthetic"`` runs on the synthetic benchmark's oracle backbone."""
+        if getattr(settings, "dataset", None) == "synthetic":
+            return OracleBackbone()
         return None
 
     def run(self, extractor: DenseFeatureExtractor, settings: Any, run_dir: Path) -> Evaluation:

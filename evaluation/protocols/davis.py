@@ -39,7 +39,6 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.videos import write_davis_layout
 from evaluation.video.davis import DavisDataset
 from evaluation.video.jf import evaluate_results
@@ -159,9 +158,6 @@ class Davis(Protocol):
         headline=("jf_mean", "j_mean", "f_mean"), rank_by="jf_mean",
         split_by=("preprocess", "image_size", "grid_scale"),  # columns: "davis2017 square 224 2x"
     )
-
-    def make_backbone(self, settings: DavisSettings) -> OracleBackbone | None:
-        return OracleBackbone() if settings.dataset == "synthetic" else None
 
     def dataset(self, settings: DavisSettings, run_dir: Path) -> DavisDataset:
         """The real dataset, or the synthetic videos written (once) into run_dir/synthetic_data."""

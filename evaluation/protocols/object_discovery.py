@@ -56,7 +56,6 @@ from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
 from evaluation.synthetic.discovery import write_discovery_dataset
-from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.tokencut import datasets
 from evaluation.tokencut.metrics import box_iou, corloc, is_correct
 from evaluation.tokencut.ncut import EPS, SOLVERS, normalized_cut, pixel_box
@@ -267,9 +266,6 @@ class ObjectDiscovery(Protocol):
                  Column("seconds_per_image", higher_is_better=False, unit="s")),
         headline=("corloc",), rank_by="corloc",
     )
-
-    def make_backbone(self, settings: ObjectDiscoverySettings) -> OracleBackbone | None:
-        return OracleBackbone() if settings.dataset == "synthetic" else None
 
     def listing(self, settings: ObjectDiscoverySettings, run_dir: Path) -> datasets.Listing:
         if settings.dataset == "synthetic":

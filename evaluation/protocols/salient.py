@@ -52,7 +52,6 @@ from evaluation.protocols.object_discovery import (
     score_images,
 )
 from evaluation.synthetic.discovery import write_discovery_dataset
-from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.tokencut import datasets
 from evaluation.tokencut.bilateral_solver import refine_mask
 from evaluation.tokencut.metrics import accuracy, f_curve, mask_iou, max_f
@@ -134,9 +133,6 @@ class Salient(Protocol):
                  Column("seconds_per_image", higher_is_better=False, unit="s")),
         headline=("max_f",), rank_by="max_f",
     )
-
-    def make_backbone(self, settings: SalientSettings) -> OracleBackbone | None:
-        return OracleBackbone() if settings.dataset == "synthetic" else None
 
     def listing(self, settings: SalientSettings, run_dir: Path) -> datasets.Listing:
         if settings.dataset == "synthetic":

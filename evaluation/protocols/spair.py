@@ -61,7 +61,6 @@ from evaluation.keypoints.spair import (
 )
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
 from evaluation.synthetic.keypoints import write_synthetic_spair
-from evaluation.synthetic.oracle import OracleBackbone
 from wrc.checkpoint import atomic_write_text
 from wrc.extractor import DenseFeatureExtractor
 from wrc.provenance import code_version
@@ -126,9 +125,6 @@ class SPair(Protocol):
                  Column("seconds_per_pair", higher_is_better=False, unit="s")),
         headline=tuple(metric_name(a) for a in ALPHAS), rank_by=metric_name(ALPHAS[0]), split_by=("image_size",),
     )
-
-    def make_backbone(self, settings: SPairSettings) -> OracleBackbone | None:
-        return OracleBackbone() if settings.dataset == "synthetic" else None
 
     @torch.no_grad()
     def run(self, extractor: DenseFeatureExtractor, settings: SPairSettings, run_dir: Path) -> Evaluation:
