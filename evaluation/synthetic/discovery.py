@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.synthetic.scenes import CHROMA_GAP, CLASSES, _texture
+from evaluation.synthetic.scenes import CHROMA_GAP, CLASSES, _texture, uniform
 from wrc.checkpoint import atomic_write_text
 
 HEIGHT, WIDTH = 180, 240  # VOC-like 3:4 frames
@@ -75,28 +75,24 @@ class DiscoveryScene:
         return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
 
 
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=gen))
-
-
 def _object_mask(gen: torch.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """An ellipse body with thin limbs, somewhere away from the borders (numpy: thousands of tiny tensor ops are
     slow on a busy machine)."""
     height, width = yy.shape
     short = min(height, width)
-    ry, rx = _uniform(gen, 0.14, 0.26) * short, _uniform(gen, 0.14, 0.26) * short
-    cy, cx = _uniform(gen, 0.35, 0.65) * height, _uniform(gen, 0.35, 0.65) * width
-    angle = _uniform(gen, 0.0, math.pi)
+    ry, rx = uniform(gen, 0.14, 0.26) * short, uniform(gen, 0.14, 0.26) * short
+    cy, cx = uniform(gen, 0.35, 0.65) * height, uniform(gen, 0.35, 0.65) * width
+    angle = uniform(gen, 0.0, math.pi)
     dy, dx = yy - cy, xx - cx
     v = dy * math.cos(angle) - dx * math.sin(angle)
     w = dy * math.sin(angle) + dx * math.cos(angle)
     mask = (v / ry) ** 2 + (w / rx) ** 2 <= 1
     limbs = int(torch.randint(LIMBS[0], LIMBS[1] + 1, (), generator=gen))
-    start = _uniform(gen, 0.0, 2 * math.pi)
+    start = uniform(gen, 0.0, 2 * math.pi)
     for index in range(limbs):
-        direction = start + 2 * math.pi * index / limbs + _uniform(gen, -0.3, 0.3)
-        length = _uniform(gen, *LIMB_LENGTH) * (ry + rx) / 2 + (ry + rx) / 2
-        half_width = _uniform(gen, *LIMB_WIDTH) / 2
+        direction = start + 2 * math.pi * index / limbs + uniform(gen, -0.3, 0.3)
+        length = uniform(gen, *LIMB_LENGTH) * (ry + rx) / 2 + (ry + rx) / 2
+        half_width = uniform(gen, *LIMB_WIDTH) / 2
         along = dx * math.cos(direction) + dy * math.sin(direction)
         across = -dx * math.sin(direction) + dy * math.cos(direction)
         mask |= (along >= 0) & (along <= length) & (np.abs(across) <= half_width)
@@ -121,8 +117,8 @@ def _draw_hue(gen: torch.Generator, taken: list[np.ndarray], hue: float, spread:
     """A chromaticity (r, g, b) whose (r, g) offset from grey has an angle within ``spread`` of ``hue``, every
     channel >= MIN_CHANNEL, and >= CHROMA_GAP (max-norm) from every one in ``taken``."""
     for _ in range(2000):
-        angle = hue + _uniform(gen, -spread, spread)
-        radius = _uniform(gen, SATURATION[0], min(SATURATION[1], _max_saturation(angle)))
+        angle = hue + uniform(gen, -spread, spread)
+        radius = uniform(gen, SATURATION[0], min(SATURATION[1], _max_saturation(angle)))
         r, g = 1 / 3 + radius * math.cos(angle), 1 / 3 + radius * math.sin(angle)
         chroma = np.array([r, g, 1 - r - g], dtype=np.float32)
         if all(np.abs(chroma[:2] - t[:2]).max() >= CHROMA_GAP for t in taken):
@@ -151,12 +147,12 @@ def generate_discovery_scene(seed: int, height: int = HEIGHT, width: int = WIDTH
         for m in range(materials)]
     image, classes, chromas = np.zeros((3, height, width), np.float32), np.zeros((height, width), np.int64), []
     corner = CORNER_HUES[int(torch.randint(len(CORNER_HUES), (), generator=gen))]
-    hue = corner + _uniform(gen, -0.3, 0.3)
+    hue = corner + uniform(gen, -0.3, 0.3)
     for index, (area, cls) in enumerate(regions):
         chroma = (_draw_hue(gen, chromas, hue + math.pi, OBJECT_SPREAD) if index == 0
                   else _draw_hue(gen, chromas, hue, BACKGROUND_SPREAD))
         chromas.append(chroma)
-        peak = _uniform(gen, 0.45, 0.68)  # brightest channel, so 1 + contrast never clips
+        peak = uniform(gen, 0.45, 0.68)  # brightest channel, so 1 + contrast never clips
         colour = chroma * peak / chroma.max()
         texture = _texture(gen, cls, torch.from_numpy(yy[area]), torch.from_numpy(xx[area])).numpy()  # region only
         image[:, area] = colour[:, None] * texture

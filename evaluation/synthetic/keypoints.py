@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from evaluation.synthetic.oracle import CHROMA_BIN, OracleBackbone
-from evaluation.synthetic.scenes import CLASSES, _draw_chroma, _texture
+from evaluation.synthetic.scenes import CLASSES, _draw_chroma, _texture, uniform
 from wrc.checkpoint import atomic_write_text
 
 CATEGORIES = ("affine", "occluded", "shift")
@@ -75,10 +75,6 @@ class SyntheticPair:
     target: Rendered
 
 
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=gen))
-
-
 def _frame(gen: torch.Generator, image_size: int) -> tuple[int, int]:
     """(height, width): long side ``image_size``, landscape or portrait at random."""
     short = round(image_size * ASPECT)
@@ -95,8 +91,8 @@ def _marker_centres(gen: torch.Generator, height: int, width: int) -> torch.Tens
     for index, (row, col) in enumerate(itertools.product(range(3), range(3))):
         if index == skipped:
             continue
-        x = width / 2 - side / 2 + (col + 0.5) * cell + _uniform(gen, -jitter, jitter)
-        y = height / 2 - side / 2 + (row + 0.5) * cell + _uniform(gen, -jitter, jitter)
+        x = width / 2 - side / 2 + (col + 0.5) * cell + uniform(gen, -jitter, jitter)
+        y = height / 2 - side / 2 + (row + 0.5) * cell + uniform(gen, -jitter, jitter)
         centres.append((round(x), round(y)))
     return torch.tensor(centres, dtype=torch.float64)
 
@@ -202,7 +198,7 @@ def _occlude(gen: torch.Generator, scene: Scene, rendered: Rendered, scale: floa
     reach = HALF * scale * math.sqrt(2) + 1  # a marker's radius in the target, plus a pixel
     first = int(torch.randint(SLOTS, (), generator=gen))
     centre = rendered.points[first]
-    half = torch.tensor([_uniform(gen, reach + 2, 2.2 * reach), _uniform(gen, reach + 2, 2.2 * reach)])
+    half = torch.tensor([uniform(gen, reach + 2, 2.2 * reach), uniform(gen, reach + 2, 2.2 * reach)])
     low, high = (centre - half).floor(), (centre + half).ceil()
     yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
                             indexing="ij")
@@ -226,7 +222,7 @@ def make_pair(category: str, seed: int, image_size: int = 224) -> SyntheticPair:
     if category == "shift":
         angle, scale = 0.0, 1.0
     else:
-        angle, scale = math.radians(_uniform(gen, -25, 25)), math.exp(_uniform(gen, math.log(0.8), math.log(1.25)))
+        angle, scale = math.radians(uniform(gen, -25, 25)), math.exp(uniform(gen, math.log(0.8), math.log(1.25)))
     matrix = scale * torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
                                   dtype=torch.float64)
     shift = 0.08 * min(target_frame) * (2 * torch.rand(2, generator=gen, dtype=torch.float64) - 1)

@@ -47,9 +47,14 @@ def _draw_chroma(gen: torch.Generator, taken: list[torch.Tensor]) -> torch.Tenso
     raise RuntimeError("could not draw a distinct colour: too many regions for CHROMA_GAP")
 
 
+def uniform(gen: torch.Generator, low: float, high: float) -> float:
+    """One draw from U(low, high) off ``gen`` (every generator of the synthetic datasets uses this stream)."""
+    return low + (high - low) * float(torch.rand((), generator=gen))
+
+
 def _shape_mask(gen: torch.Generator, yy: torch.Tensor, xx: torch.Tensor, size: int) -> torch.Tensor:
     """A random ellipse, rotated rectangle or triangle as a boolean (H, W) mask."""
-    u = lambda low, high: low + (high - low) * float(torch.rand((), generator=gen))  # noqa: E731
+    u = lambda low, high: uniform(gen, low, high)  # noqa: E731
     cy, cx = u(0.1, 0.9) * yy.shape[0], u(0.1, 0.9) * xx.shape[1]
     ry, rx = u(0.05, 0.2) * size, u(0.05, 0.2) * size
     angle = u(0.0, math.pi)

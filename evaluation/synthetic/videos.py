@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.synthetic.scenes import CLASSES, _draw_chroma, _texture
+from evaluation.synthetic.scenes import CLASSES, _draw_chroma, _texture, uniform
 from evaluation.video.davis import write_label
 from wrc.checkpoint import atomic_write_text
 
@@ -81,20 +81,16 @@ class SyntheticVideo:
     classes: torch.Tensor  # (T, H, W) int64 indices into CLASSES
 
 
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=gen))
-
-
 def _motion(gen: torch.Generator, size: int, frames: int) -> Motion:
     travel = 0.18 * size / (frames - 1)  # at most ~18% of the frame over the video, per axis
     return Motion(
         kind=SHAPES[int(torch.randint(len(SHAPES), (), generator=gen))],
-        centre=(_uniform(gen, 0.3, 0.7) * size, _uniform(gen, 0.3, 0.7) * size),
-        radii=(_uniform(gen, 0.12, 0.22) * size, _uniform(gen, 0.12, 0.22) * size),
-        angle=_uniform(gen, 0.0, math.pi),
-        velocity=(_uniform(gen, -travel, travel), _uniform(gen, -travel, travel)),
-        growth=_uniform(gen, -0.05, 0.05),
-        spin=_uniform(gen, -0.1, 0.1),
+        centre=(uniform(gen, 0.3, 0.7) * size, uniform(gen, 0.3, 0.7) * size),
+        radii=(uniform(gen, 0.12, 0.22) * size, uniform(gen, 0.12, 0.22) * size),
+        angle=uniform(gen, 0.0, math.pi),
+        velocity=(uniform(gen, -travel, travel), uniform(gen, -travel, travel)),
+        growth=uniform(gen, -0.05, 0.05),
+        spin=uniform(gen, -0.1, 0.1),
     )
 
 

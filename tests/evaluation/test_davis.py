@@ -31,15 +31,6 @@ from wrc.extractor import DenseFeatureExtractor, build_extractor
 COLOURS = np.array([[20, 20, 20], [220, 30, 30], [30, 200, 40], [40, 60, 220]], dtype=np.uint8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second thread only adds synchronisation on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blob_labels(frame: int, index: int = 0, size: tuple[int, int] = (48, 64)) -> np.ndarray:
     """Two full-height bands on 4-pixel cells moving right by 4 pixels a frame (sequence ``index`` starts further
     right). No corners: DINO's bilinear upsampling of the soft labels rounds the corners of anything on cells of

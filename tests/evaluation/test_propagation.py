@@ -25,15 +25,6 @@ from evaluation.video.propagation import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second thread only adds synchronisation on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def loop_propagation(target, sources, labels, radius, topk, temperature):
     """The definition, one target at a time: every context frame's sources within the Chebyshev radius, the
     entries >= the topk-th largest cosine kept (all ties), weights exp(c / T) normalised, labels averaged."""
