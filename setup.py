@@ -6,7 +6,8 @@
 - WRC_BUILD_EXTENSION=0 skips the extension entirely (the ``wrc`` package falls back to pure PyTorch).
 - The toolkit is CUDA_HOME / CUDA_PATH when set, else the folder above the ``nvcc`` on PATH (asked via
   ``nvcc -dryrun``, which also sees through wrapper scripts), else torch's own guess.
-- TORCH_CUDA_ARCH_LIST picks GPU architectures; without a visible GPU it defaults to "8.0;9.0+PTX".
+- TORCH_CUDA_ARCH_LIST picks GPU architectures; it defaults to the visible GPUs' (without one: "8.0;9.0"), the
+  newest also embedded as PTX so that newer GPUs can run the kernels (e.g. "9.0+PTX" on an H100).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 import subprocess
 import sys
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("torch_wrc", "csrc")
@@ -39,6 +40,15 @@ def find_cuda_home() -> str | None:
             pass
         return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
     return None
+
+
+def default_arch_list(torch) -> str:
+    """The visible GPUs' architectures, or Ampere and Hopper without one; the newest also as PTX, which the driver
+    compiles for GPUs newer than any listed (torch's own default for visible GPUs embeds no PTX)."""
+    if not torch.cuda.is_available():
+        return "8.0;9.0+PTX"
+    archs = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return ";".join(f"{major}.{minor}" for major, minor in archs) + "+PTX"
 
 
 def extensions() -> tuple[list, dict]:
@@ -62,10 +72,10 @@ def extensions() -> tuple[list, dict]:
         return [ext], {"build_ext": cpp_extension.BuildExtension}
     os.environ["CUDA_HOME"] = cuda_home
     cpp_extension.CUDA_HOME = cuda_home  # torch guesses at import time; the toolkit found here wins
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_arch_list(torch)
     print(f"torch_wrc: building the C++ and CUDA kernels with the toolkit in {cuda_home} "
-          f"(TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPUs')})", file=sys.stderr)
+          f"(TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
     sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     ext = cpp_extension.CUDAExtension(
         "torch_wrc._C", sources, define_macros=[("WITH_CUDA", None)],
@@ -75,5 +85,14 @@ def extensions() -> tuple[list, dict]:
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
+def packages() -> dict:
+    """The importable packages, train_wrc.py as a module, and config/ carried inside the wheel as ``wrc/_config``
+    (an installed package finds its Hydra configs there: hydra_plugins.wrc_resolvers.find_config_dir)."""
+    found = find_namespace_packages(include=["wrc", "wrc.*", "torch_wrc", "torch_wrc.*", "hydra_plugins",
+                                             "evaluation", "evaluation.*", "utils", "utils.*"])
+    return {"packages": [*found, "wrc._config"], "package_dir": {"wrc._config": "config"},
+            "package_data": {"wrc": ["py.typed"], "wrc._config": ["**/*.yaml"]}, "py_modules": ["train_wrc"]}
+
+
 ext_modules, cmdclass = extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass=cmdclass, **packages())

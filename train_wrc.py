@@ -5,6 +5,7 @@
     python train_wrc.py model=lift backbone=dinov2_vits14 data.root=/data/imagenet/train
     torchrun --nproc_per_node=8 train_wrc.py model=lift data.root=...
     python train_wrc.py --help                                    # config groups and the full config
+    wrc-train experiment=quickstart                               # the same, installed (pip install wrc-upsampling)
 
 The defaults of the top-level keys, train.*, logger.* and optimizer.* are the dataclasses of wrc/settings.py;
 ``register_configs`` puts them in Hydra's ConfigStore, where config/train.yaml and config/optimizer/adamw.yaml
@@ -20,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.report_settings import ReportSettings
+from hydra_plugins.wrc_resolvers import config_dir
 from wrc.settings import Optimizer, RunSettings
 
 # ConfigStore name -> the dataclass whose fields are that config's keys and defaults.
@@ -62,15 +64,21 @@ def run(config: dict) -> dict:
     return outputs
 
 
-@hydra.main(version_base="1.3", config_path="config", config_name="train")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
     run(OmegaConf.to_container(cfg, resolve=True))
 
 
-if __name__ == "__main__":
-    # Hydra finds the resolvers in hydra_plugins too, but not in every install layout. Imported here, so that
-    # importing this module (tests) stores the settings and registers nothing else.
+def cli() -> None:
+    """``python train_wrc.py ...`` in a checkout, ``wrc-train ...`` (or ``python -m train_wrc``) once installed.
+
+    Hydra finds the resolvers in hydra_plugins too, but not in every install layout. Registered here, so that
+    importing this module (tests) stores the settings and registers nothing else."""
     from hydra_plugins.wrc_resolvers import register_resolvers
 
     register_resolvers()
     main()
+
+
+if __name__ == "__main__":
+    cli()

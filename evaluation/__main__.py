@@ -5,6 +5,7 @@
     python -m evaluation -m protocol=probe_depth dataset=nyuv2 dataset.root=/data/nyu model=bilinear,lift
     python -m evaluation -m hydra/launcher=slurm hydra.launcher.partition=gpu protocol=probe_segmentation ...
     python -m evaluation --help                                   # groups, protocols and the composed config
+    wrc-eval protocol=fidelity ...                                # the same, installed (pip install wrc-upsampling)
 
 The config is config/eval/evaluate.yaml; each protocol's settings are its dataclass (defaults there
 only), selected with protocol=<name> (config/eval/protocol/). Each run writes result.json into its run
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -26,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.protocol import PROTOCOLS, evaluate, get_protocol
 from evaluation.records import ResultRecord
-from hydra_plugins.wrc_resolvers import register_resolvers
+from hydra_plugins.wrc_resolvers import config_dir, register_resolvers
 from wrc.build import build_backbone
 from wrc.distributed import resolve_device
 from wrc.extractor import build_extractor
@@ -78,7 +80,7 @@ register_resolvers()
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../config/eval", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(Path(config_dir()) / "eval"), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     protocol = hydra_cfg.runtime.choices["protocol"]
@@ -91,5 +93,10 @@ def main(cfg: DictConfig) -> None:
     print(f"{record.protocol} / {record.dataset.get('name')} / {record.label}: {shown}  ->  {cfg.run_dir}/result.json")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m evaluation ...``, or ``wrc-eval ...`` once installed."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

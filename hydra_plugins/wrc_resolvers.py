@@ -8,13 +8,31 @@ reach namespace packages in every install layout. Kept cheap: no torch import he
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CHECKOUT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+INSTALLED_CONFIG_PACKAGE = "wrc._config"  # where a wheel carries config/ (setup.py maps the folder there)
+
+
+def find_config_dir() -> Path:
+    """The project's Hydra configs: the checkout's config/ when running from one (edits take effect at once), else
+    the copy an installed wheel carries as ``wrc/_config`` (found without importing wrc, so no torch import)."""
+    if (CHECKOUT_CONFIG_DIR / "train.yaml").is_file():
+        return CHECKOUT_CONFIG_DIR
+    spec = importlib.util.find_spec("wrc")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        installed = Path(location) / INSTALLED_CONFIG_PACKAGE.split(".")[-1]
+        if (installed / "train.yaml").is_file():
+            return installed
+    raise FileNotFoundError(f"the project's Hydra configs are neither in {CHECKOUT_CONFIG_DIR} (a checkout) nor in "
+                            f"the installed {INSTALLED_CONFIG_PACKAGE}: reinstall with `pip install wrc-upsampling` "
+                            "or run from a checkout")
+
 
 
 def strip_tag(model_name: str) -> str:
@@ -24,7 +42,7 @@ def strip_tag(model_name: str) -> str:
 
 def config_dir() -> str:
     """The project's config/ folder (the evaluation app searches its shared groups there)."""
-    return str(CONFIG_DIR)
+    return str(find_config_dir())
 
 
 def dataset_name(dataset: object, protocol_dataset: object = None) -> str:
