@@ -16,6 +16,7 @@ _EXPORTS = {
     "build_extractor": "wrc.extractor",
     "FrozenBackbone": "wrc.backbone",
     "load_upsampler": "wrc.checkpoint",
+    "push_to_hub": "wrc.hub",
     "Upsampler": "wrc.upsamplers",
     "create_upsampler": "wrc.upsamplers",
     "list_upsamplers": "wrc.upsamplers",
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from wrc.checkpoint import load_upsampler as load_upsampler
     from wrc.extractor import DenseFeatureExtractor as DenseFeatureExtractor
     from wrc.extractor import build_extractor as build_extractor
+    from wrc.hub import push_to_hub as push_to_hub
     from wrc.upsamplers import Upsampler as Upsampler
     from wrc.upsamplers import create_upsampler as create_upsampler
     from wrc.upsamplers import list_upsamplers as list_upsamplers

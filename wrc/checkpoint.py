@@ -16,6 +16,8 @@ Nothing lost, nothing silently wrong:
 - Space: ``save_checkpoint(..., keep=k)`` prunes to ``max(k - 1, 1)`` checkpoints before writing and to ``k``
   after, never deleting the newest complete one, so at every moment a complete checkpoint exists and the disk
   holds at most ``max(k, 2)`` of them (pruning after writing alone needs room for ``k + 1``).
+- Hub: an ``hf-hub:<org>/<name>[@revision]`` id names the same pair in a Hugging Face Hub repo (wrc/hub.py), read
+  through huggingface_hub's cache.
 - Permissions: files and directories get what the umask gives, as with any other tool (``mkdtemp`` and
   ``mkstemp`` would leave them 0700 / 0600).
 """
@@ -356,7 +358,13 @@ def save_checkpoint(
     return directory
 
 
-def _resolve(path: str | os.PathLike) -> Path:
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint directory (the file pair) that a step directory, weights file, checkpoints/ folder, run
+    directory or ``hf-hub:<org>/<name>[@revision]`` id (downloaded or read from the cache: wrc/hub.py) names."""
+    if isinstance(path, str) and path.startswith("hf-hub:"):
+        from wrc.hub import download_checkpoint
+
+        return download_checkpoint(path)
     path = Path(path)
     if path.is_dir() and ((path / LATEST).is_file() or step_directories(path)):  # a checkpoints/ folder
         path = latest_checkpoint(path) or path
@@ -373,12 +381,13 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((_resolve(path) / META).read_text())
+    return json.loads((resolve_checkpoint(path) / META).read_text())
 
 
 def load_upsampler(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Upsampler:
-    """Rebuild an upsampler from its checkpoint (directory, weights file, checkpoints/ or run directory)."""
-    directory = _resolve(path)
+    """Rebuild an upsampler from its checkpoint (directory, weights file, checkpoints/ or run directory, or an
+    ``hf-hub:<org>/<name>[@revision]`` id)."""
+    directory = resolve_checkpoint(path)
     meta = json.loads((directory / META).read_text())
     upsampler = create_upsampler(meta["name"], meta["in_channels"], meta["patch_size"], **meta.get("kwargs", {}))
     upsampler.load_state_dict(load_file(str(directory / WEIGHTS), device=str(map_location)))

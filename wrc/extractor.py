@@ -111,7 +111,7 @@ def resolve_upsampler(spec: UpsamplerSpec, backbone: Backbone, *, allow_backbone
         return create_upsampler(name, backbone.embed_dim, backbone.patch_size, **spec).eval()
     if isinstance(spec, str) and spec in list_upsamplers():
         return create_upsampler(spec, backbone.embed_dim, backbone.patch_size).eval()
-    if isinstance(spec, (str, os.PathLike)) and Path(spec).exists():
+    if isinstance(spec, (str, os.PathLike)) and (Path(spec).exists() or str(spec).startswith("hf-hub:")):
         return _from_checkpoint(spec, backbone, allow_backbone_mismatch)
     raise ValueError(f"upsampler {str(spec)!r} is neither a registered upsampler ({', '.join(list_upsamplers())}) "
                      "nor an existing checkpoint or run directory")

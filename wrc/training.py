@@ -44,7 +44,7 @@ from wrc.checkpoint import (
 from wrc.data import ResumableSampler, build_dataset, stack_batch
 from wrc.distributed import DistributedContext, init_distributed
 from wrc.objectives import Objective
-from wrc.provenance import code_version
+from wrc.provenance import code_version, command_line
 from wrc.run_lock import RunLock
 from wrc.run_logger import RunLogger, read_metrics, truncate_metrics
 from wrc.settings import RunSettings, SettingsError, config_changes
@@ -233,6 +233,7 @@ def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[st
                     "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()))
     max_steps = train_cfg.max_steps
     version = code_version()  # the code this process runs, whatever the checkout becomes meanwhile
+    command = command_line()  # as typed: the model card of a pushed checkpoint shows it
     seed_everything(settings.seed + ctx.rank)
     if dataset is None:  # first, so a bad data.root fails before any download
         dataset = build_dataset(config["data"], train=True)
@@ -286,7 +287,7 @@ def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[st
         path = checkpoints / f"step_{step:07d}"
         if ctx.is_main:
             meta = {"backbone": backbone.spec(), "step": step, "metrics": metrics, "config": config,
-                    "code_version": version}
+                    "code_version": version, "command": command}
             train_state = {"step": step, "upsampler": upsampler.state_dict(), "objective": objective.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "scaler": scaler.state_dict(), "rng": states}
