@@ -31,3 +31,13 @@ def gaussian_nll(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor |
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between vertical and horizontal neighbours."""
     return (x[..., 1:, :] - x[..., :-1, :]).square().mean() + (x[..., :, 1:] - x[..., :, :-1]).square().mean()
+
+
+def cos_mse(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """JAFAR's and AnyUp's loss: mean(1 - cos) over positions plus the MSE after scaling both maps by the target's
+    per-position range over channels, (x - m) / (M - m + eps) with m, M the target's min and max (the MSE term
+    sees magnitudes, which cosine alone leaves free, without being dominated by high-norm tokens)."""
+    low, high = target.amin(dim=1, keepdim=True), target.amax(dim=1, keepdim=True)
+    span = high - low + eps
+    cosine = (1 - F.cosine_similarity(pred, target, dim=1)).mean()
+    return cosine + F.mse_loss((pred - low) / span, (target - low) / span)
