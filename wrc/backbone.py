@@ -11,6 +11,33 @@ Image-size policy (``size_policy``): a ViT needs H and W to be multiples of its 
   [iP, (i+1)P) x [jP, (j+1)P) of the original image, the last row/column partly padding.
 - ``"crop"``: centre-crop down to a multiple (loses at most P - 1 pixels per side pair).
 
+Families (tests/wrc/test_backbone_families.py runs a shrunk random model of each):
+- timm's ``VisionTransformer`` (DINO, DINOv2 with or without registers, CLIP, SigLIP/SigLIP2, RADIO as
+  ``vit_*_radio_*``): learned absolute position embeddings, interpolated to any grid (``dynamic_img_size``);
+- ``Eva`` (DINOv3, EVA02): rotary position embeddings, any grid natively;
+- ``NaFlexVit`` (``naflexvit_*``, e.g. RADIO with its exact position-embedding resampling, SigLIP2 NaFlex):
+  any size and aspect natively (it refuses the ``dynamic_img_size`` flag, so it is created without it).
+Prefix tokens (class token, registers, RADIO's extra summary tokens) are dropped by the model's own
+``num_prefix_tokens``.
+
+Attention facets (``facet="query" | "key" | "value"``) are captured by hooks in the attention module of timm's
+three attention styles (``ATTENTION_STYLES``: classic ``Attention``, ``AttentionRope``, Eva's ``EvaAttention``);
+the attention itself is never re-implemented:
+- query / key: the outputs of the attention's ``q_norm`` / ``k_norm`` modules (``nn.Identity`` without qk-norm),
+  i.e. after the projection and its bias and after qk-norm, **before the rotary embedding**. The rotation is not a
+  property of the token but of where it sits: RoPE turns query i and key j by their positions so that their dot
+  product depends on p_i - p_j, and DINOv3 measures positions in units of the image's own grid (coordinates in
+  [-1, 1]), so a rotated key of the same patch changes with the image size, the crop and its place in the grid.
+  Key-similarity methods (LiFT's and TokenCut's key facet) and the multi-scale / multi-crop objectives compare
+  features across positions and sizes; the pre-rotary key is the content of the token as the attention compares
+  it, the exact analogue of the keys of a classic ViT (which carry position only through the token stream).
+  Whoever needs the rotated form applies ``model.rope`` to it (the tests do, and recover the attention's output).
+- value: the value rows of the block's own projection (fused ``qkv`` or ``v_proj``, with its bias: ``v_bias`` for
+  Eva's fused layout, whose forward bypasses the ``qkv`` module) applied to the attention's input, captured by a
+  pre-hook; no module outputs the value alone in the fused layouts.
+Any other block (parallel blocks, BEiT's relative-position attention, ...) supports only ``facet="token"``; asking
+for another facet fails at construction with the list of supported facets.
+
 Inputs are checked (cheaply: one min/max reduction): a (B, 3, H, W) floating-point RGB tensor in [0, 1] with no
 NaN or infinity, so that uint8 or mean/std-normalised images fail loudly instead of giving plausible features.
 
@@ -34,6 +61,8 @@ from urllib.parse import urlparse
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import Attention, AttentionRope
+from timm.models.eva import EvaAttention
 from torch import nn
 
 from wrc.layers.guidance import IMAGE_TOLERANCE
@@ -43,6 +72,7 @@ log = logging.getLogger("wrc")
 SIZE_POLICIES = ("resize", "pad", "crop")
 FACETS = ("token", "key", "query", "value")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTENTION_STYLES = (Attention, AttentionRope, EvaAttention)  # the attention modules whose facets are captured
 
 
 class BackboneWeightsError(RuntimeError):
@@ -142,7 +172,29 @@ def cached_pretrained_file(name: str) -> Path | None:
     return None
 
 
-def _load_pretrained(name: str) -> nn.Module:
+def _create_model(name: str, seed: int | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` without a classifier and with ``dynamic_img_size=True`` (position embeddings follow any
+    grid), unless the architecture refuses that flag: NaFlexVit takes any size natively and has no such argument.
+
+    ``seed`` reseeds the global RNG before each attempt, so a random initialisation does not depend on the retry.
+    """
+    kwargs = {"num_classes": 0, **kwargs}
+    if "dynamic_img_size" not in kwargs:
+        try:
+            return _seeded_create(name, seed, dynamic_img_size=True, **kwargs)
+        except TypeError as err:
+            if "dynamic_img_size" not in str(err):
+                raise
+    return _seeded_create(name, seed, **kwargs)
+
+
+def _seeded_create(name: str, seed: int | None, **kwargs) -> nn.Module:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return timm.create_model(name, **kwargs)
+
+
+def _load_pretrained(name: str, model_args: dict) -> nn.Module:
     """timm's pretrained model; offline, from the local cache or a fast clear error (module docstring).
 
     ``hf-hub:`` and ``local-dir:`` names go to timm unchanged: their weights' location is theirs to resolve.
@@ -159,8 +211,7 @@ def _load_pretrained(name: str) -> nn.Module:
         log.info("offline (%s): loading backbone %s from the local cache %s", reason, name, cached)
         overlay = {"file": str(cached)}
     try:
-        return timm.create_model(name, pretrained=True, dynamic_img_size=True, num_classes=0,
-                                 pretrained_cfg_overlay=overlay)
+        return _create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_args)
     except Exception as err:  # network, hub or cache failures all end here
         raise BackboneWeightsError(
             f"could not load pretrained weights for backbone.name={name!r} ({type(err).__name__}: {err}). "
@@ -168,24 +219,25 @@ def _load_pretrained(name: str) -> nn.Module:
         ) from None
 
 
-def _load_weights(name: str, weights: str) -> nn.Module:
+def _load_weights(name: str, weights: str, model_args: dict | None = None) -> nn.Module:
     """Create the timm model with pretrained, random or local-checkpoint weights.
 
     Random weights are drawn from a fixed seed without touching the global RNG, so every process (and
-    every later evaluation) sees the same random backbone an upsampler was trained on.
+    every later evaluation) sees the same random backbone an upsampler was trained on. ``model_args`` go to
+    ``timm.create_model`` (architecture overrides, e.g. a shrunk ``depth`` for tests).
     """
+    model_args = dict(model_args or {})
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            return timm.create_model(name, pretrained=False, dynamic_img_size=True, num_classes=0)
+            return _create_model(name, seed=RANDOM_INIT_SEED, pretrained=False, **model_args)
     if weights == "pretrained":
-        return _load_pretrained(name)
+        return _load_pretrained(name, model_args)
     path = Path(os.path.expanduser(weights))
     if not path.is_file():
         raise BackboneWeightsError(
             f"backbone.weights={weights!r} is neither 'pretrained', 'random' nor an existing checkpoint file"
         )
-    model = timm.create_model(name, pretrained=False, dynamic_img_size=True, num_classes=0)
+    model = _create_model(name, pretrained=False, **model_args)
     try:
         state = timm.models.load_state_dict(str(path))
         filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
@@ -239,10 +291,13 @@ class FrozenBackbone(nn.Module):
         weights: ``"pretrained"`` (timm hub / cache), ``"random"``, or a path to a local checkpoint.
         layer: block index whose output is returned (negative counts from the end), or a list of them,
             whose features are concatenated along channels (``embed_dim`` grows accordingly).
-        facet: ``"token"`` (block output) or ``"key"``/``"query"``/``"value"`` of that block's attention.
+        facet: ``"token"`` (block output) or ``"key"``/``"query"``/``"value"`` of that block's attention
+            (query and key before the rotary embedding, module docstring).
         final_norm: apply the model's final norm to token outputs (ignored for attention facets).
         size_policy: how inputs that are not multiples of the patch size are handled (module docstring).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast for the forward pass; outputs are fp32.
+        model_args: extra keyword arguments for ``timm.create_model`` (e.g. ``{"depth": 2}`` for a shrunk test
+            model, ``{"img_size": 448}``); recorded in ``spec()`` when given.
     """
 
     def __init__(
@@ -255,6 +310,7 @@ class FrozenBackbone(nn.Module):
         final_norm: bool = True,
         size_policy: str = "resize",
         precision: str = "fp32",
+        model_args: dict | None = None,
     ) -> None:
         super().__init__()
         if facet not in FACETS:
@@ -268,9 +324,12 @@ class FrozenBackbone(nn.Module):
                 f"unknown backbone.name={name!r}: not a timm model (see timm.list_models('vit_*'))"
             )
         self.name, self.weights = name, weights
-        self.model = _load_weights(name, weights)
-        if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "patch_embed"):
-            raise ValueError(f"backbone.name={name!r} is not a ViT with patch_embed and forward_intermediates")
+        self.model_args = dict(model_args or {})
+        self.model = _load_weights(name, weights, self.model_args)
+        embed = _patch_embedding(self.model)
+        if not hasattr(self.model, "forward_intermediates") or embed is None or not hasattr(self.model, "blocks"):
+            raise ValueError(f"backbone.name={name!r} is not a ViT with a patch embedding, blocks and "
+                             "forward_intermediates")
         num_blocks = len(self.model.blocks)
         requested = [layer] if isinstance(layer, int) else list(layer)
         if not requested or any(not -num_blocks <= i < num_blocks for i in requested):
@@ -280,8 +339,8 @@ class FrozenBackbone(nn.Module):
         self.facet, self.final_norm = facet, final_norm
         self.size_policy, self.precision = size_policy, precision
 
-        self.embed_dim: int = self.model.embed_dim * len(self.layers)
-        patch = self.model.patch_embed.patch_size
+        self.embed_dim: int = sum(self._channels(index) for index in self.layers)
+        patch = embed.patch_size
         self.patch_size: int = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
         self.num_prefix_tokens: int = self.model.num_prefix_tokens
         data_cfg = timm.data.resolve_model_data_config(self.model)
@@ -296,10 +355,31 @@ class FrozenBackbone(nn.Module):
 
     def spec(self) -> dict:
         """The arguments that rebuild this backbone (saved beside checkpoints)."""
-        return {
+        spec = {
             "name": self.name, "weights": self.weights, "layer": self.layer, "facet": self.facet,
             "final_norm": self.final_norm, "size_policy": self.size_policy, "precision": self.precision,
         }
+        return {**spec, "model_args": dict(self.model_args)} if self.model_args else spec
+
+    def _attention(self, index: int) -> nn.Module:
+        """The attention module of block ``index``, or a ValueError naming the facets this model supports."""
+        attn = getattr(self.model.blocks[index], "attn", None)
+        if not isinstance(attn, ATTENTION_STYLES):
+            found = type(attn).__name__ if attn is not None else f"no .attn ({type(self.model.blocks[index]).__name__})"
+            styles = ", ".join(style.__name__ for style in ATTENTION_STYLES)
+            raise ValueError(
+                f"backbone.facet={self.facet!r} is not available for backbone.name={self.name!r}: block {index} has "
+                f"{found}, not one of timm's attention modules {styles}; supported facets for this model: ('token',)"
+            )
+        return attn
+
+    def _channels(self, index: int) -> int:
+        """Channels of the selected facet of block ``index`` (fewer for key/value under grouped-query attention)."""
+        if self.facet == "token":
+            return self.model.embed_dim
+        attn = self._attention(index)
+        heads = attn.num_heads if self.facet == "query" else getattr(attn, "num_kv_heads", attn.num_heads)
+        return heads * attn.head_dim
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Token grid (h, w) this backbone produces for an image of (height, width) pixels."""
@@ -344,6 +424,10 @@ class FrozenBackbone(nn.Module):
             stride = self.patch_size
         elif stride < 1 or self.patch_size % stride:
             raise ValueError(f"stride must divide the patch size {self.patch_size}; got {stride}")
+        elif stride != self.patch_size and not isinstance(getattr(_patch_embedding(self.model), "proj", None),
+                                                          nn.Conv2d):
+            raise ValueError(f"stride={stride} needs a convolutional patch embedding, which {self.name} lacks; "
+                             "use stride=None")
         elif min(image.shape[-2:]) < self.patch_size:
             raise ValueError(f"image of {tuple(image.shape[-2:])} pixels is smaller than one patch of {self.name}")
         grid = tuple((side - self.patch_size) // stride + 1 for side in image.shape[-2:])
@@ -366,6 +450,9 @@ class FrozenBackbone(nn.Module):
     def _patch_stride(self, stride: int):
         """Temporarily run the patch embedding with ``stride`` (timm then interpolates the position embeddings
         to whatever grid comes out, since the model is built with dynamic_img_size)."""
+        if stride == self.patch_size:
+            yield
+            return
         embed = self.model.patch_embed
         saved = embed.proj.stride, embed.patch_size
         embed.proj.stride, embed.patch_size = (stride, stride), (stride, stride)
@@ -375,15 +462,20 @@ class FrozenBackbone(nn.Module):
             embed.proj.stride, embed.patch_size = saved
 
     def _attention_facets(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Query, key or value tokens (B, N, C) of each selected block, captured from its fused qkv projection."""
+        """Query, key or value tokens (B, N, C) of each selected block, prefix tokens dropped (module docstring)."""
         captured: dict[int, torch.Tensor] = {}
         handles = []
         for index in self.layers:
-            attn = self.model.blocks[index].attn
-            if getattr(attn, "qkv", None) is None:
-                raise ValueError(f"backbone.facet={self.facet!r} needs a fused qkv projection, which {self.name} lacks")
-            hook = lambda _m, _i, out, index=index: captured.__setitem__(index, out)
-            handles.append(attn.qkv.register_forward_hook(hook))
+            attn = self._attention(index)
+            if self.facet == "value":
+                def hook(module, args, kwargs, index=index):
+                    captured[index] = _value(module, args[0] if args else kwargs["x"])
+                handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+            else:
+                def hook(_module, _args, heads, index=index):  # heads: B, num_heads, N, head_dim
+                    captured[index] = heads.transpose(1, 2).flatten(2)
+                norm = attn.q_norm if self.facet == "query" else attn.k_norm
+                handles.append(norm.register_forward_hook(hook))
         try:
             self.model.forward_intermediates(
                 x, indices=[max(self.layers)], stop_early=True, output_fmt="NLC", intermediates_only=True
@@ -391,9 +483,22 @@ class FrozenBackbone(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        part = {"query": 0, "key": 1, "value": 2}[self.facet]
-        tokens = []
-        for index in self.layers:
-            qkv = captured[index]  # B, N, 3C
-            tokens.append(qkv.view(qkv.shape[0], qkv.shape[1], 3, -1)[:, self.num_prefix_tokens :, part])
-        return tokens
+        return [captured[index][:, self.num_prefix_tokens :] for index in self.layers]
+
+
+def _patch_embedding(model: nn.Module) -> nn.Module | None:
+    """The module that turns pixels into tokens: ``patch_embed`` (VisionTransformer, Eva) or ``embeds`` (NaFlexVit)."""
+    for attribute in ("patch_embed", "embeds"):
+        embed = getattr(model, attribute, None)
+        if embed is not None and hasattr(embed, "patch_size"):
+            return embed
+    return None
+
+
+def _value(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Value tokens (B, N, C) of attention ``attn`` for its input ``x``: the value rows of its own projection."""
+    if getattr(attn, "v_proj", None) is not None:
+        return attn.v_proj(x)
+    rows = attn.qkv.weight.shape[0] // 3
+    bias = attn.qkv.bias[2 * rows :] if attn.qkv.bias is not None else getattr(attn, "v_bias", None)
+    return F.linear(x, attn.qkv.weight[2 * rows :], bias)

@@ -27,7 +27,7 @@ from wrc.upsamplers.base import Upsampler, create_upsampler, list_upsamplers
 log = logging.getLogger("wrc")
 
 UpsamplerSpec = str | os.PathLike | Mapping[str, Any]
-BACKBONE_IDENTITY = ("name", "layer", "facet", "final_norm")  # what a checkpoint's features depend on
+BACKBONE_IDENTITY = ("name", "layer", "facet", "final_norm", "model_args")  # what a checkpoint's features depend on
 
 
 @runtime_checkable
@@ -169,6 +169,9 @@ def backbone_differences(trained: Mapping[str, Any], current: Mapping[str, Any])
     any real weights counts; two sources of real weights do not)."""
     if not trained:
         return []
+    optional = {"model_args": {}}  # spec() leaves out an empty model_args: absent means timm's defaults
+    trained = {**optional, **trained} if "name" in trained else trained
+    current = {**optional, **current} if "name" in current else current
     differences = [f"{key}: {trained.get(key)!r} -> {current.get(key)!r}" for key in BACKBONE_IDENTITY
                    if key in trained and key in current and not _same(key, trained[key], current[key])]
     if "weights" in trained and "weights" in current:

@@ -65,6 +65,9 @@ def test_a_checkpoint_of_another_backbone_is_refused_unless_allowed(tmp_path, te
     pretrained_spec = {**test_vit.spec(), "weights": "pretrained"}
     assert backbone_differences(test_vit.spec(), pretrained_spec) == ["weights: 'random' -> 'pretrained'"]
     assert backbone_differences({**test_vit.spec(), "layer": -2}, test_vit.spec()) == ["layer: -2 -> -1"]
+    shrunk = {**test_vit.spec(), "model_args": {"depth": 2}}  # a model built smaller than timm's default
+    assert backbone_differences(shrunk, test_vit.spec()) == ["model_args: {'depth': 2} -> {}"]
+    assert backbone_differences(test_vit.spec(), {**test_vit.spec(), "model_args": {}}) == []
 
 
 def test_backbone_tags_follow_timm_defaults():
