@@ -56,6 +56,9 @@ PAPER_TABLES: dict[str, tuple[Part, ...]] = {
     "lift-table1": (Part("spair", ("spair71k",), ("pck@0.1", "pck@0.05", "pck@0.01")),),
     "lift-table2": (Part("davis", ("davis2017",), ("jf_mean",)),),
     "lift-table3": (Part("object_discovery", ("coco20k",), ("corloc",)),),
+    # LiFT Table 4: ViTDet Mask R-CNN on COCO val2017, box and mask AP (the pyramid, tconv or upsampler, as columns)
+    "lift-table4": (Part("detection", ("coco",), ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50",
+                                                  "mask_ap75")),),
     "srt-table1": (Part("davis", ("davis2017",), ("jf_mean", "j_mean", "j_recall", "f_mean", "f_recall")),),
     "wrc-table2": (Part("spair", ("spair71k",), ("pck@0.1", "pck@0.05", "pck@0.01")),),
     "tokencut": (Part("object_discovery", ("voc07", "voc12", "coco20k"), ("corloc",)),

@@ -17,6 +17,7 @@ from evaluation.records import read_record
 from evaluation.tables import build_table
 from tests.conftest import REPO_ROOT
 from tests.evaluation import test_davis, test_object_discovery, test_salient, test_spair
+from tests.evaluation.detection.test_detection_protocol import fake_settings as fake_detection_settings
 from tests.evaluation.test_probe import fake_nyu, fake_voc, nyu_settings, voc_settings
 from wrc.extractor import build_extractor
 
@@ -29,6 +30,7 @@ FAKE_SETTINGS = {  # protocol: tmp_path -> settings on fake data, as small as st
     "spair": test_spair.fake_settings,
     "object_discovery": test_object_discovery.fake_settings_object_discovery,
     "salient": test_salient.fake_settings_salient,
+    "detection": fake_detection_settings,
 }
 
 
