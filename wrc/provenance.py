@@ -29,12 +29,24 @@ def _git(*args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def _commit() -> str | None:
+    """The checkout's short commit; None for an installed package (whose folder may sit inside someone else's
+    repository, e.g. a virtual environment in a project: that repository's commit is not this code's)."""
+    return _git("rev-parse", "--short", "HEAD") if (REPO_ROOT / ".git").exists() else None
+
+
+def code_identity() -> dict[str, object]:
+    """``{"version", "commit"}``: the code that results depend on, for resume checks. Not the dirty flag: an
+    uncommitted edit must not refuse every rerun of work in progress (and ``git status`` is the slow call)."""
+    return {"version": wrc.__version__, "commit": _commit()}
+
+
 def code_version() -> dict[str, object]:
     """``{"version", "commit", "dirty"}``: the package version, the git commit (None outside a checkout) and
     whether tracked files differ from it (None when unknown)."""
-    commit = _git("rev-parse", "--short", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"version": wrc.__version__, "commit": commit, "dirty": None if status is None else bool(status)}
+    identity = code_identity()
+    status = _git("status", "--porcelain", "--untracked-files=no") if identity["commit"] else None
+    return {**identity, "dirty": None if status is None else bool(status)}
 
 
 def code_version_string() -> str:

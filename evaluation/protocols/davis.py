@@ -26,7 +26,6 @@ frames; pass ``image_size=128`` so they are not resampled) on the oracle backbon
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -39,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
+from evaluation.run_identity import identity_differences, plain, run_identity
 from evaluation.synthetic.videos import write_davis_layout
 from evaluation.video.davis import DavisDataset
 from evaluation.video.jf import evaluate_results
@@ -51,7 +51,6 @@ from evaluation.video.propagation import (
 )
 from wrc.checkpoint import atomic_write_text
 from wrc.extractor import DenseFeatureExtractor
-from wrc.provenance import code_version
 from wrc.settings import SettingsError, require_at_least_one
 
 log = logging.getLogger("wrc")
@@ -108,23 +107,10 @@ class DavisSettings:
         return PropagationConfig(self.context_frames, self.topk, self.radius, self.temperature)
 
 
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def run_identity(settings: DavisSettings, extractor: DenseFeatureExtractor) -> dict[str, Any]:
-    """What the results of a run depend on: its settings (less which sequences this call runs), the upsampler, the
-    backbone and the code (version and commit only: an uncommitted edit must not make every rerun a mismatch)."""
-    config = {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUN_ONLY}
-    version = code_version()
-    return _plain({"settings": config, "upsampler": extractor.upsampler_spec(), "backbone": extractor.backbone.spec(),
-                   "code": {"version": version["version"], "commit": version["commit"]}})
-
-
 def check_manifest(path: Path, identity: dict[str, Any]) -> bool:
     """Refuse to mix results with a run of other settings, upsampler, backbone or code, or with finished sequences
     that no manifest describes; writes nothing. True when the manifest is still to be written (a new run)."""
-    identity = _plain(identity)
+    identity = plain(identity)
     if not path.is_file():
         finished = sorted(p.stem for p in (path.parent / FINISHED).glob("*.json"))
         if finished:
@@ -133,12 +119,7 @@ def check_manifest(path: Path, identity: dict[str, Any]) -> bool:
                              "upsampler, backbone and code produced them, so they cannot be resumed. Use another "
                              f"run_dir, or delete {path.parent / FINISHED} to propagate every sequence again")
         return True
-    saved = json.loads(path.read_text())
-    differences = [f"{section}.{key}: {saved.get(section, {}).get(key)!r} -> {value!r}"
-                   for section, entries in identity.items() for key, value in entries.items()
-                   if saved.get(section, {}).get(key) != value]
-    differences += [f"{section}.{key}: {value!r} -> (absent)" for section, entries in saved.items()
-                    for key, value in entries.items() if key not in identity.get(section, {})]
+    differences = identity_differences(json.loads(path.read_text()), identity)
     if differences:
         raise ValueError(f"{path.parent} holds DAVIS results of another run ({'; '.join(differences)}): its "
                          "finished sequences would be mixed with these. Use another run_dir, or delete that folder "
@@ -173,7 +154,7 @@ class Davis(Protocol):
 
     def run(self, extractor: DenseFeatureExtractor, settings: DavisSettings, run_dir: Path) -> Evaluation:
         run_dir = Path(run_dir)
-        identity = run_identity(settings, extractor)
+        identity = run_identity(self.name, settings, extractor, run_only=RUN_ONLY)
         new_run = check_manifest(run_dir / MANIFEST, identity)  # before run_dir is touched (synthetic_data included)
         data = self.dataset(settings, run_dir)
         names = self.chosen(settings, data)

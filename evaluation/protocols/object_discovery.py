@@ -29,7 +29,7 @@ TokenCut's --no_hard), ``coco20k`` (train2014 subset, crowd boxes dropped), ``sy
 same loader, recorded as ``synthetic_objects``; the oracle backbone: GroundTruth 100 % CorLoc, bilinear 64 % on 64
 scenes). Per-image boxes go to ``run_dir/predictions.json``, rewritten atomically as the run goes: a killed run
 resumes with the images it has not done, after checking that the file belongs to the same settings, upsampler,
-backbone and code (``wrc.provenance.code_version``'s version and commit, and ``PREDICTIONS_VERSION``, bumped
+backbone and code (``wrc.provenance.code_identity``: version and commit, and ``PREDICTIONS_VERSION``, bumped
 when the per-image computation changes; uncommitted edits are not detected).
 
     python -m evaluation protocol=object_discovery protocol.dataset=voc07 protocol.root=/data/datasets \
@@ -39,7 +39,6 @@ when the per-image computation changes; uncommitted edits are not detected).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -55,11 +54,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
+from evaluation.run_identity import identity_differences, run_identity
 from evaluation.synthetic.discovery import write_discovery_dataset
 from evaluation.tokencut import datasets
 from evaluation.tokencut.metrics import box_iou, corloc, is_correct
 from evaluation.tokencut.ncut import EPS, SOLVERS, normalized_cut, pixel_box
-from wrc import provenance
 from wrc.checkpoint import atomic_write_text
 from wrc.data.io import read_rgb
 from wrc.extractor import DenseFeatureExtractor
@@ -158,31 +157,12 @@ class PredictionStore:
         self.unsaved, self.saved_at = 0, time.monotonic()
 
 
-def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for what differs, one level into dict values (``settings.tau: None -> 0.5``);
-    keys saved but absent now read ``key: value -> (absent)``, keys new now ``key: None -> value``."""
-    differences = []
-    for key, value in current.items():
-        old = saved.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            differences += [f"{key}.{k}: {old.get(k)!r} -> {v!r}" for k, v in value.items() if old.get(k) != v]
-            differences += [f"{key}.{k}: {old[k]!r} -> (absent)" for k in old if k not in value]
-        elif old != value:
-            differences.append(f"{key}: {old!r} -> {value!r}")
-    differences += [f"{key}: {saved[key]!r} -> (absent)" for key in saved if key not in current]
-    return differences
-
-
-def run_identity(protocol: str, settings: Any, extractor: DenseFeatureExtractor,
-                 predictions_version: int) -> dict[str, Any]:
-    """What a resumed run must share with the saved predictions: protocol, settings (but ``RESUME_MAY_CHANGE``),
-    upsampler, backbone, the code's version and commit (not its dirty flag, which every edit would flip) and
-    the protocol's ``PREDICTIONS_VERSION``."""
-    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in RESUME_MAY_CHANGE}
-    version = provenance.code_version()
-    return {"protocol": protocol, "settings": kept, "upsampler": extractor.upsampler_spec(),
-            "backbone": extractor.backbone.spec(), "code": {k: version[k] for k in ("version", "commit")},
-            "predictions_version": predictions_version}
+def predictions_identity(protocol: str, settings: Any, extractor: DenseFeatureExtractor,
+                         predictions_version: int) -> dict[str, Any]:
+    """What a resumed run must share with the saved predictions: the run identity (settings but
+    ``RESUME_MAY_CHANGE``) and the protocol's ``PREDICTIONS_VERSION``."""
+    return run_identity(protocol, settings, extractor, run_only=RESUME_MAY_CHANGE,
+                        predictions_version=predictions_version)
 
 
 @torch.no_grad()
@@ -292,7 +272,7 @@ class ObjectDiscovery(Protocol):
         listing = self.listing(settings, run_dir)
         tau = TAU[settings.preprocess][settings.dataset] if settings.tau is None else settings.tau
         store = PredictionStore(run_dir / "predictions.json",
-                                run_identity(self.name, settings, extractor, PREDICTIONS_VERSION))
+                                predictions_identity(self.name, settings, extractor, PREDICTIONS_VERSION))
         dataset = {"name": listing.name, "split": listing.split, "root": str(listing.root),
                    "images": len(listing)}
         finished, seconds = score_images(listing.items, store, lambda item: discover(extractor, item, settings, tau),

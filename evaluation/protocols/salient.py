@@ -48,7 +48,7 @@ from evaluation.protocols.object_discovery import (
     PredictionStore,
     check_cut_settings,
     grid_features,
-    run_identity,
+    predictions_identity,
     score_images,
 )
 from evaluation.synthetic.discovery import write_discovery_dataset
@@ -148,7 +148,7 @@ class Salient(Protocol):
     def run(self, extractor: DenseFeatureExtractor, settings: SalientSettings, run_dir: Path) -> Evaluation:
         listing = self.listing(settings, run_dir)
         tau = TAU if settings.tau is None else settings.tau
-        store = PredictionStore(run_dir / "predictions.json", run_identity(self.name, settings, extractor,
+        store = PredictionStore(run_dir / "predictions.json", predictions_identity(self.name, settings, extractor,
                                                                              PREDICTIONS_VERSION))
         dataset = {"name": listing.name, "split": listing.split, "root": str(listing.root), "images": len(listing)}
         finished, seconds = score_images(listing.items, store, lambda item: segment(extractor, item, settings, tau),

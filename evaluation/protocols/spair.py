@@ -34,7 +34,6 @@ is refused before that data is touched.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import statistics
@@ -60,10 +59,10 @@ from evaluation.keypoints.spair import (
     sample_pairs,
 )
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
+from evaluation.run_identity import identity_differences, run_identity
 from evaluation.synthetic.keypoints import write_synthetic_spair
 from wrc.checkpoint import atomic_write_text
 from wrc.extractor import DenseFeatureExtractor
-from wrc.provenance import code_version
 from wrc.settings import SettingsError, require_at_least_one
 
 log = logging.getLogger("wrc")
@@ -133,7 +132,7 @@ class SPair(Protocol):
             raise SettingsError(f"protocol.image_size={settings.image_size} is neither one of LiFT's sizes "
                                 f"{LIFT_SIZES} nor a multiple of the backbone's patch size {patch} "
                                 f"(e.g. {patch * max(1, round(settings.image_size / patch))})")
-        identity = run_identity(self.name, extractor, settings)
+        identity = run_identity(self.name, settings, extractor, run_only=RUN_ONLY)
         check_saved_identities(run_dir / STATE_DIR, identity)  # before data_root (re)writes synthetic data
         root = self.data_root(settings, run_dir)
         known = list_categories(root)
@@ -178,21 +177,9 @@ class SPair(Protocol):
         return check_layout(settings.root, settings.split)
 
 
-def run_identity(protocol: str, extractor: DenseFeatureExtractor, settings: SPairSettings) -> dict[str, Any]:
-    """What a category's saved counts must have been scored with to be reused: the protocol, upsampler, backbone,
-    the settings that change what is measured, and the code (version and commit; not whether the tree was dirty,
-    which would refuse every rerun of work in progress)."""
-    version = code_version()
-    return json.loads(json.dumps({
-        "protocol": protocol, "upsampler": extractor.upsampler_spec(), "backbone": extractor.backbone.spec(),
-        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUN_ONLY},
-        "code": {"version": version["version"], "commit": version["commit"]}}, default=str))
-
-
 def check_identity(path: Path, saved: dict[str, Any], identity: dict[str, Any]) -> None:
     """Refuse the counts in ``path`` when the identity ``saved`` with them is not this run's."""
-    differences = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in identity.items()
-                   if saved.get(key) != value]
+    differences = identity_differences(saved, identity)
     if differences:
         raise ValueError(f"{path} holds results of another run ({'; '.join(differences)}): use another run_dir, or "
                          "delete its spair_categories/ folder to start over")

@@ -19,12 +19,12 @@ from PIL import Image
 from torch import nn
 
 from evaluation.protocol import evaluate, get_protocol
-from evaluation.protocols import davis as davis_protocol
 from evaluation.protocols.synthetic import GroundTruth
 from evaluation.synthetic import videos
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.videos import generate_video, write_davis_layout
 from evaluation.video.davis import read_label, write_label
+from wrc import provenance
 from wrc.data.io import read_rgb
 from wrc.extractor import DenseFeatureExtractor, build_extractor
 
@@ -185,11 +185,11 @@ def test_a_killed_regeneration_is_redone_not_taken_for_the_old_videos(tmp_path, 
 def test_the_manifest_records_the_code_version_and_commit_but_not_the_dirty_flag(tmp_path, test_vit, monkeypatch):
     settings = {"root": str(fake_davis(tmp_path / "davis", ("blob", "drift"))), "image_size": 32}
     extractor, run = build_extractor(test_vit, "bilinear"), tmp_path / "run"
-    code = {"version": "1.2.0", "commit": "abc1234", "dirty": False}
-    monkeypatch.setattr(davis_protocol, "code_version", lambda: dict(code))
+    code = {"version": "1.2.0", "commit": "abc1234"}
+    monkeypatch.setattr(provenance, "code_identity", lambda: dict(code))
     assert evaluate("davis", extractor, {**settings, "max_sequences": 1}, run) is None
     assert json.loads((run / "manifest.json").read_text())["code"] == {"version": "1.2.0", "commit": "abc1234"}
-    code["dirty"] = True  # an uncommitted edit of the same commit resumes
+    monkeypatch.setattr(provenance, "code_version", lambda: {**code, "dirty": True})  # an uncommitted edit resumes
     assert evaluate("davis", extractor, settings, run) is not None
     assert sorted(p.name for p in (run / "finished").iterdir()) == ["blob.json", "drift.json"]
     code["commit"] = "def5678"

@@ -141,15 +141,6 @@ def test_no_hard_drops_hard_objects_then_images_without_objects(tmp_path):
     assert item.boxes.shape == (2, 4)  # without no_hard every object stays
 
 
-def test_identity_differences_name_changed_new_and_vanished_keys():
-    saved = {"protocol": "p", "settings": {"tau": None, "old": 1}, "gone": 3}
-    current = {"protocol": "p", "settings": {"tau": 0.5}, "code": {"commit": "b"}}
-    assert object_discovery.identity_differences(saved, current) == [
-        "settings.tau: None -> 0.5", "settings.old: 1 -> (absent)", "code: None -> {'commit': 'b'}",
-        "gone: 3 -> (absent)"]
-    assert object_discovery.identity_differences(current, current) == []
-
-
 def test_a_killed_run_resumes_with_the_images_it_has_not_done(tmp_path, test_vit, monkeypatch):
     root = fake_voc(tmp_path, ids=("000001", "000002", "000003"))
     settings = {"dataset": "voc07", "root": str(root), "image_size": 32}
@@ -181,7 +172,7 @@ def test_a_killed_run_resumes_with_the_images_it_has_not_done(tmp_path, test_vit
 def test_predictions_of_other_code_are_not_resumed(tmp_path, monkeypatch, protocol):
     """A run stopped under one commit (or predictions version) refuses to resume under another, and says so; an
     uncommitted edit (the dirty flag) alone does not."""
-    monkeypatch.setattr(provenance, "code_version", lambda: {"version": "9.9", "commit": "aaaaaaa", "dirty": False})
+    monkeypatch.setattr(provenance, "code_identity", lambda: {"version": "9.9", "commit": "aaaaaaa"})
     extractor = build_extractor(BrightnessBackbone(patch_size=8), "bilinear")
     root = fake_voc(tmp_path, ids=("000001", "000002")) if protocol == "object_discovery" else None
     settings = ({"dataset": "voc07", "root": str(root), "image_size": 32, "stop_after": 1} if root else
@@ -189,10 +180,11 @@ def test_predictions_of_other_code_are_not_resumed(tmp_path, monkeypatch, protoc
     assert evaluate(protocol, extractor, settings, tmp_path / "run") is None
     saved = json.loads((tmp_path / "run" / "predictions.json").read_text())["identity"]
     assert saved["code"] == {"version": "9.9", "commit": "aaaaaaa"} and saved["predictions_version"] == 1
-    monkeypatch.setattr(provenance, "code_version", lambda: {"version": "9.9", "commit": "bbbbbbb", "dirty": False})
+    monkeypatch.setattr(provenance, "code_identity", lambda: {"version": "9.9", "commit": "bbbbbbb"})
     with pytest.raises(ValueError, match=r"holds predictions made by other code \(code.commit: 'aaaaaaa' -> "
                                          r"'bbbbbbb'\): results of two code versions are not mixed"):
         evaluate(protocol, extractor, settings, tmp_path / "run")
+    monkeypatch.setattr(provenance, "code_identity", lambda: {"version": "9.9", "commit": "aaaaaaa"})
     monkeypatch.setattr(provenance, "code_version", lambda: {"version": "9.9", "commit": "aaaaaaa", "dirty": True})
     module = object_discovery if protocol == "object_discovery" else salient
     monkeypatch.setattr(module, "PREDICTIONS_VERSION", 2)

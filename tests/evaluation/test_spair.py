@@ -35,9 +35,10 @@ from evaluation.records import read_record
 from evaluation.synthetic.keypoints import CATEGORIES, make_pair, save_jpeg, write_synthetic_spair
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.tables import build_table
+from wrc import provenance
 from wrc.data.io import read_rgb
 from wrc.extractor import DenseFeatureExtractor, build_extractor
-from wrc.provenance import code_version
+from wrc.provenance import code_identity
 from wrc.settings import SettingsError
 
 KPS = {"0": [10, 10], "1": [30, 20], "2": None}  # the E fake dataset: K = 3 slots, slot 2 never visible
@@ -449,22 +450,22 @@ def test_max_categories_stops_on_purpose_and_another_run_is_refused(tmp_path, te
     settings = {"root": root, "image_size": 64, "pairs_per_category": 2}
     assert run_spair(tmp_path, identity_extractor(), max_categories=1, **settings) is None
     assert not (tmp_path / "run" / "result.json").exists()
-    with pytest.raises(ValueError, match=r"cat.json holds results of another run \(settings: .*upsample_factor"):
+    with pytest.raises(ValueError, match=r"cat.json holds results of another run \(settings.upsample_factor: 1 -> 2"):
         evaluate("spair", identity_extractor(), {**settings, "upsample_factor": 2}, tmp_path / "run")
-    with pytest.raises(ValueError, match=r"cat.json holds results of another run \(backbone: "):
+    with pytest.raises(ValueError, match=r"cat.json holds results of another run \(backbone\."):
         evaluate("spair", build_extractor(test_vit, "bilinear"), {**settings, "upsample_factor": 1},
                  tmp_path / "run")
     # the code: version and commit are the identity's; a fix to matching must not resume onto old counts
-    version = code_version()
+    version = code_identity()
     saved = json.loads((tmp_path / "run" / "spair_categories" / "cat.json").read_text())["identity"]
-    assert saved["code"] == {"version": version["version"], "commit": version["commit"]}
-    for changed in ({"commit": "0123abc"}, {"version": "99.0"}):
-        monkeypatch.setattr(spair_protocol, "code_version", lambda changed=changed: {**version, **changed})
-        value = next(iter(changed.values()))
-        with pytest.raises(ValueError, match=rf"cat.json holds results of another run \(code: .*-> .*'{value}'"):
+    assert saved["code"] == version
+    for key, value in (("commit", "0123abc"), ("version", "99.0")):
+        monkeypatch.setattr(provenance, "code_identity", lambda key=key, value=value: {**version, key: value})
+        with pytest.raises(ValueError, match=rf"cat.json holds results of another run \(code.{key}: .*-> '{value}'"):
             run_spair(tmp_path, identity_extractor(), **settings)
     # ...but whether the tree was dirty is not: editing files must not refuse every rerun
-    monkeypatch.setattr(spair_protocol, "code_version", lambda: {**version, "dirty": not version["dirty"]})
+    monkeypatch.setattr(provenance, "code_identity", lambda: dict(version))
+    monkeypatch.setattr(provenance, "code_version", lambda: {**version, "dirty": True})
     record = run_spair(tmp_path, identity_extractor(), **settings)  # max_categories is not part of the identity
     assert record.per_item["pairs"] == {"cat": 2, "dog": 2}
 
@@ -537,7 +538,7 @@ def test_ground_truth_beats_bilinear_on_synthetic_keypoints(tmp_path):
     # the same run folder with another seed: refused before its synthetic data (seed 0) is deleted and rewritten
     manifest = tmp_path / "bilinear" / "synthetic_data" / "synthetic.json"
     written = (manifest.read_text(), manifest.stat().st_mtime_ns)
-    with pytest.raises(ValueError, match=r"holds results of another run \(settings: .*'seed': 0.*'seed': 1"):
+    with pytest.raises(ValueError, match=r"holds results of another run \(settings.seed: 0 -> 1\)"):
         evaluate(protocol, build_extractor(oracle, "bilinear"), dataclasses.replace(settings, seed=1),
                  tmp_path / "bilinear")
     assert (manifest.read_text(), manifest.stat().st_mtime_ns) == written and json.loads(written[0])["seed"] == 0

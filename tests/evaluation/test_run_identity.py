@@ -1,0 +1,48 @@
+"""The identity every resumable protocol saves beside its partial results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evaluation.run_identity import identity_differences, run_identity
+from wrc import provenance
+
+
+@dataclass
+class Settings:
+    root: str = "/data"
+    tau: float = 0.2
+    stop_after: int | None = None
+    size: tuple[int, int] = (2, 3)
+
+
+class Extractor:
+    class backbone:  # noqa: N801 - stands in for a backbone object
+        @staticmethod
+        def spec():
+            return {"name": "vit", "layer": -1}
+
+    @staticmethod
+    def upsampler_spec():
+        return {"name": "bilinear"}
+
+
+def test_identity_holds_settings_less_run_only_keys_and_the_code_without_its_dirty_flag(monkeypatch):
+    monkeypatch.setattr(provenance, "code_identity", lambda: {"version": "1.0", "commit": "abc"})
+    identity = run_identity("p", Settings(), Extractor(), run_only=("stop_after",), extra=7)
+    assert identity == {"protocol": "p", "settings": {"root": "/data", "tau": 0.2, "size": [2, 3]},
+                        "upsampler": {"name": "bilinear"}, "backbone": {"name": "vit", "layer": -1},
+                        "code": {"version": "1.0", "commit": "abc"}, "extra": 7}
+
+
+def test_code_identity_is_version_and_commit_only():
+    assert set(provenance.code_identity()) == {"version", "commit"}
+
+
+def test_identity_differences_name_changed_new_and_vanished_keys():
+    saved = {"protocol": "p", "settings": {"tau": None, "old": 1}, "gone": 3}
+    current = {"protocol": "p", "settings": {"tau": 0.5}, "code": {"commit": "b"}}
+    assert identity_differences(saved, current) == [
+        "settings.tau: None -> 0.5", "settings.old: 1 -> (absent)", "code: None -> {'commit': 'b'}",
+        "gone: 3 -> (absent)"]
+    assert identity_differences(current, current) == []
