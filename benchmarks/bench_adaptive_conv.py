@@ -1,13 +1,14 @@
 """The adaptive convolution: fused torch_wrc kernels against the unfold reference, at FeatUp's Table 6 shapes.
 
-    python -m benchmarks.bench_adaptive_conv [--device cuda] [--full]
+    python -m benchmarks.bench_adaptive_conv [--device cuda] [--full] [--shapes B,H,W,C,k ...]
 
 Shapes are (B, H, W, C, k) as in FeatUp's Table 6, plus the last layer of a JBU stack at 224 for
 ViT-S (C = 384, k = 7). On the CPU the two largest Table 6 shapes and the JBU shape run with --full
 only (the unfold reference alone needs 2-5 GB there). For each: forward and forward+backward time
 (median), and peak extra memory above the inputs (CUDA: max allocated; CPU: peak RSS of a fresh
 process), the reference and the extension in the same run. Targets: on CUDA at least 10x less peak
-memory and 3x faster forward+backward; on the CPU at least 2x faster.
+memory and 3x faster forward+backward; on the CPU at least 2x faster. --shapes replaces the list (e.g. a tiny
+shape for a smoke run, with --memory-in-process: CPU memory measured in this process, less exact).
 """
 
 from __future__ import annotations
@@ -52,29 +53,46 @@ def call(impl: str, x: torch.Tensor, f: torch.Tensor, backward: bool) -> None:
         out.backward(torch.ones_like(out))
 
 
-def peak_mib(impl: str, shape, device: torch.device, backward: bool) -> float:
+def peak_mib(impl: str, shape, device: torch.device, backward: bool, in_process: bool = False) -> float:
     if device.type == "cuda":
         x, f = make_inputs(shape, device, backward)
         return cuda_peak_mib(lambda: call(impl, x, f, backward))
+    if in_process:
+        return cpu_peak_mib([impl, list(shape), backward])
     return subprocess_peak_mib("benchmarks.bench_adaptive_conv", [impl, list(shape), backward])
 
 
-def memory_worker(spec: str) -> None:
-    impl, shape, backward = json.loads(spec)
+def cpu_peak_mib(spec: list) -> float:
+    impl, shape, backward = spec
     import torch_wrc  # noqa: F401
 
     x, f = make_inputs(shape, torch.device("cpu"), backward)
-    print(rss_peak_mib(lambda: call(impl, x, f, backward)))
+    return rss_peak_mib(lambda: call(impl, x, f, backward))
 
 
-def bench_shape(shape, device: torch.device, repeat: int) -> dict:
+def memory_worker(spec: str) -> None:
+    print(cpu_peak_mib(json.loads(spec)))
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'B,H,W,C,k' -> (B, H, W, C, k)."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 5 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"a shape is B,H,W,C,k (five positive integers); got {text!r}")
+    return shape
+
+
+def bench_shape(shape, device: torch.device, repeat: int, in_process: bool = False) -> dict:
     row = {"shape": list(shape)}
     for impl in ("reference", "extension"):
         for mode, backward in (("forward", False), ("forward_backward", True)):
             x, f = make_inputs(shape, device, backward)
             row[f"{impl}_{mode}_ms"] = time_call(lambda i=impl, x=x, f=f, b=backward: call(i, x, f, b), device,
                                                  warmup=1, repeat=repeat, grad=backward)["median_ms"]
-            row[f"{impl}_{mode}_peak_mib"] = peak_mib(impl, shape, device, backward)
+            row[f"{impl}_{mode}_peak_mib"] = peak_mib(impl, shape, device, backward, in_process)
     for mode in ("forward", "forward_backward"):
         row[f"speedup_{mode}"] = row[f"reference_{mode}_ms"] / row[f"extension_{mode}_ms"]
         row[f"memory_reduction_{mode}"] = row[f"reference_{mode}_peak_mib"] / max(row[f"extension_{mode}_peak_mib"],
@@ -101,6 +119,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--full", action="store_true", help="every Table 6 shape and the JBU layer, also on the CPU")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None, metavar="B,H,W,C,k",
+                        help="shapes to run instead of the default list")
+    parser.add_argument("--memory-in-process", action="store_true",
+                        help="CPU: measure memory in this process instead of a fresh one per measurement")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -108,8 +130,8 @@ def main() -> None:
         return memory_worker(args.memory_worker)
     require_extension()
     device = torch.device(args.device)
-    shapes = [*TABLE6, JBU_LAST_LAYER] if args.full or device.type == "cuda" else CPU_DEFAULT
-    rows = [bench_shape(shape, device, args.repeat) for shape in shapes]
+    shapes = args.shapes or ([*TABLE6, JBU_LAST_LAYER] if args.full or device.type == "cuda" else CPU_DEFAULT)
+    rows = [bench_shape(shape, device, args.repeat, args.memory_in_process) for shape in shapes]
     publish(f"adaptive_conv_{device.type}", device, rows, markdown(rows))
 
 

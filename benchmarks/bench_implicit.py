@@ -1,12 +1,12 @@
 """FeatUp-Implicit: seconds to fit one image at 224 and 448.
 
-    python -m benchmarks.bench_implicit [--device cuda] [--steps 20]
+    python -m benchmarks.bench_implicit [--device cuda] [--steps 20] [--sizes 224 448] [--num-jitters N]
 
 A full fit (1200 steps by default) takes minutes on a CPU, so the benchmark runs one fit with the
 default settings but ``--steps`` optimisation steps, and reports its two parts as the fit itself
 records them: the jitter bank and PCA (``num_jitters`` backbone passes), and the steps, scaled to the
 configured step count (every step does the same work). Random ViT-S/14 weights: the cost does not
-depend on them.
+depend on them. --num-jitters replaces the default bank size (a smoke run).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="vit_small_patch14_dinov2")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
     parser.add_argument("--steps", type=int, default=10, help="steps actually timed per size")
+    parser.add_argument("--num-jitters", type=int, default=None, help="jittered views per image (default: the fit's)")
     args = parser.parse_args()
+    bank = {"num_jitters": args.num_jitters} if args.num_jitters else {}
     device = torch.device(args.device)
     backbone = FrozenBackbone(args.backbone, "random").to(device)
     rows = []
@@ -34,8 +36,8 @@ def main() -> None:
         image = torch.rand(1, 3, size, size, device=device)
         features = backbone(image)
         up = create_upsampler("featup_implicit", backbone.embed_dim, backbone.patch_size, steps=args.steps,
-                              progress=False)
-        configured = create_upsampler("featup_implicit", backbone.embed_dim, backbone.patch_size).settings
+                              progress=False, **bank)
+        configured = create_upsampler("featup_implicit", backbone.embed_dim, backbone.patch_size, **bank).settings
         seconds = up.fit(features, image, backbone).seconds
         per_step = seconds["steps"] / args.steps
         row = {"size": size, "num_jitters": configured["num_jitters"], "bank_seconds": seconds["views"],

@@ -1,6 +1,6 @@
 """TokenCut's eigen-solve: dense eigh against Lanczos (and WRC's torch.lobpcg), time and agreement.
 
-    python -m benchmarks.bench_ncut [--tokens 196 784 3136 12544] [--dense-max 3136] [--repeat 3]
+    python -m benchmarks.bench_ncut [--tokens 196 784 3136 12544] [--dense-max 3136] [--repeat 3] [--device cpu]
 
 Features: a square grid of N tokens with 384 channels, made of regions (a central elliptical object and
 three background bands), each token = a shared direction + (background tokens) a background direction + its
@@ -11,7 +11,8 @@ For each N, the time of the whole cut (graph building, solve, bipartition, compo
 tokens on the same side, same seed, same box). Dense eigh costs O(N^3) time and several N x N float64
 arrays, so it runs up to ``--dense-max`` tokens only; beyond that the other solvers are compared with
 Lanczos. lobpcg is WRC's call: torch.lobpcg(D - A, k=3, B=D, largest=False) on dense float32 tensors,
-seeded, without a convergence check (its eigenvector then goes through the same bipartition).
+seeded, without a convergence check (its eigenvector then goes through the same bipartition). ``--device cuda``
+runs lobpcg on the GPU; the graph, dense eigh and Lanczos are the protocols' CPU code (scipy) on any device.
 
 Threads: one (OMP_NUM_THREADS and OPENBLAS_NUM_THREADS default to 1 here; set them to measure others). On the
 shared 2-core machine of the committed results, multi-threaded OpenBLAS calls right after torch ops (whose OpenMP
@@ -68,7 +69,7 @@ def lobpcg_cut(features: torch.Tensor) -> ncut.Cut:
     d = torch.diag(a.sum(dim=1))
     torch.manual_seed(0)
     _, vectors = torch.lobpcg(d - a, k=3, B=d, largest=False)
-    vector = vectors[:, 1].double().numpy()  # lobpcg sorts the 3 smallest ascending; the second is the cut
+    vector = vectors[:, 1].double().cpu().numpy()  # lobpcg sorts the 3 smallest ascending; the second is the cut
     foreground, seed = ncut.bipartition(vector)
     cell = (seed // w, seed % w)
     component = ncut.seed_component(foreground.reshape(h, w), cell)
@@ -107,10 +108,12 @@ def main() -> None:
     parser.add_argument("--dense-max", type=int, default=3136, help="largest N for dense eigh (O(N^3))")
     parser.add_argument("--lobpcg-max", type=int, default=3136, help="largest N for lobpcg (dense N x N tensors)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="where lobpcg runs (the graph and scipy solvers: the CPU)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     rows = []
     for tokens in args.tokens:
-        features = structured_features(tokens)
+        features = structured_features(tokens).to(device)
         graph_ms, graph = fastest(lambda f: ncut.build_graph(f.reshape(CHANNELS, -1).T, TAU), features, args.repeat)
         row = {"tokens": tokens, "edge_density": graph.kept_edges / tokens**2, "graph_ms": graph_ms}
         cuts = {}
@@ -128,7 +131,7 @@ def main() -> None:
         rows.append(row)
 
     threads = {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    publish("ncut_cpu", torch.device("cpu"), rows, table(rows, args.repeat, threads), channels=CHANNELS, tau=TAU,
+    publish(f"ncut_{device.type}", device, rows, table(rows, args.repeat, threads), channels=CHANNELS, tau=TAU,
             shared=SHARED, background=BACKGROUND, noise=NOISE, threads=threads)
 
 

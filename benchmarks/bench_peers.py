@@ -1,6 +1,7 @@
 """Every upsampler at quickstart size: fidelity on held-out scenes and one comparison figure.
 
     python -m benchmarks.bench_peers [--steps 300] [--image-size 224] [--device cpu] [--implicit-steps 150]
+        [--methods wrc lift bilinear ...]
 
 The quickstart setting (benchmarks/configs/quickstart.json: test_vit with random weights, generated
 scenes, batch 8; 224 px unless --image-size says otherwise: FeatUp's objective works on the pixel
@@ -19,7 +20,8 @@ import argparse
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, publish
+from benchmarks import common
+from benchmarks.common import publish
 from benchmarks.quickstart import QUICKSTART, train_variant
 from evaluation.protocols.fidelity import fidelity, load_eval_images
 from evaluation.report import figure_rows
@@ -34,6 +36,10 @@ LEARNED = {  # name: (model config, objective config)
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
 }
+FREE = {  # training-free: name -> settings (featup_implicit's steps come from --implicit-steps)
+    "bilinear": {}, "srt": {"max_shift": 3}, "strided": {},
+    "featup_implicit": {"num_jitters": 128, "progress": False}, "large_image": {},
+}
 
 
 def main() -> None:
@@ -43,20 +49,23 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--implicit-steps", type=int, default=150)
     parser.add_argument("--image-size", type=int, default=QUICKSTART["data"]["image_size"])
+    parser.add_argument("--methods", nargs="+", choices=[*LEARNED, *FREE], default=[*LEARNED, *FREE],
+                        help="a subset of the upsamplers (default: all; the first learned one's backbone is shared)")
     args = parser.parse_args()
+    if not any(name in LEARNED for name in args.methods):
+        raise SystemExit("--methods needs at least one learned method (its training run provides the backbone)")
     images = load_eval_images(None, args.num_images, args.image_size)
     extractors, seconds = {}, {}
     backbone = None
-    for name, (model, objective) in LEARNED.items():
+    for name, (model, objective) in ((n, LEARNED[n]) for n in LEARNED if n in args.methods):
         backbone, upsampler, seconds[name] = train_variant({"model": model, "objective": objective},
                                                            args.steps, args.device, args.image_size)
         extractors[name] = DenseFeatureExtractor(backbone, upsampler)
         print(f"trained {name} in {seconds[name]:.0f} s", flush=True)
-    free = {"bilinear": {}, "srt": {"max_shift": 3}, "strided": {},
-            "featup_implicit": {"steps": args.implicit_steps, "num_jitters": 128, "progress": False},
-            "large_image": {}}
-    for name, kwargs in free.items():
-        extractors[name] = build_extractor(backbone, {"name": name, **kwargs})
+    for name, kwargs in FREE.items():
+        if name in args.methods:
+            kwargs = {**kwargs, "steps": args.implicit_steps} if name == "featup_implicit" else kwargs
+            extractors[name] = build_extractor(backbone, {"name": name, **kwargs})
     rows = {name: {**fidelity(extractor, images, scale=2), "train_seconds": seconds.get(name, 0.0),
                    "parameters": sum(q.numel() for q in extractor.upsampler.parameters())}
             for name, extractor in extractors.items()}
@@ -73,7 +82,7 @@ def main() -> None:
         lines.append(f"| {name}{notes.get(name, '')} | {objective} | {r['cosine']:.4f} | {r['rel_l2']:.4f} | "
                      f"{r['parameters']:,} |")
     device = torch.device(args.device)
-    figure = RESULTS_DIR / f"peers_{device.type}.png"
+    figure = common.RESULTS_DIR / f"peers_{device.type}.png"
     save_figure(figure_rows(extractors, images[:3], 2), figure)
     lines += ["", f"Figure: `{figure.name}` (PCA of the features and the similarity to one query point, per method)."]
     publish(f"peers_{device.type}", device, rows, lines, steps=args.steps, image_size=args.image_size)

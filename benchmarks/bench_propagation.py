@@ -1,6 +1,7 @@
 """DAVIS label propagation: the local-window implementation against the dense reference, same run, same inputs.
 
     python -m benchmarks.bench_propagation [--device cuda] [--repeat 2] [--threads 1]
+        [--frames 8] [--channels 384] [--grid-scale 1.0] [--memory-in-process]
 
 The protocol's 480p case on a 2x grid: an 832 x 480 frame, patch 16 -> 30 x 52 tokens -> a 60 x 104 grid, 384
 channels (ViT-S), 8 context frames (the first + 7), 4 label channels, radius 12, top-5, temperature 0.1; and,
@@ -9,7 +10,9 @@ the whole grid, so there is little to save. For each: time (median of ``repeat``
 extra memory above the inputs (CPU: peak RSS of a fresh process; CUDA: max allocated), and the largest
 difference between the two outputs. Target at 480p: local peak memory <= 0.2x the dense one and the same soft
 labels to 1e-6; whether it holds is printed and recorded. The recorded CPU result used ``--threads 1``: the local
-form runs many small GEMMs, whose thread synchronisation a shared, loaded machine makes erratic.
+form runs many small GEMMs, whose thread synchronisation a shared, loaded machine makes erratic. --frames,
+--channels and --grid-scale shrink every case (a smoke run; the target is then judged on the shrunk 480p case),
+--memory-in-process measures CPU memory here instead of in fresh processes.
 """
 
 from __future__ import annotations
@@ -42,21 +45,32 @@ def implementation(impl: str):
     return propagate_local if impl == "local" else propagate_dense
 
 
-def peak_mib(impl: str, shape, device: torch.device) -> float:
+def peak_mib(impl: str, shape, device: torch.device, in_process: bool = False) -> float:
     if device.type == "cuda":
         inputs = make_inputs(shape, device)
         return cuda_peak_mib(lambda: implementation(impl)(*inputs))
+    if in_process:
+        return cpu_peak_mib([impl, list(shape)])
     return subprocess_peak_mib("benchmarks.bench_propagation", [impl, list(shape)])
 
 
-def memory_worker(spec: str) -> None:
-    impl, shape = json.loads(spec)
+def cpu_peak_mib(spec: list) -> float:
+    impl, shape = spec
     inputs = make_inputs(shape, torch.device("cpu"))
-    print(rss_peak_mib(lambda: implementation(impl)(*inputs)))
+    return rss_peak_mib(lambda: implementation(impl)(*inputs))
 
 
-def bench_shape(name: str, device: torch.device, repeat: int) -> dict:
-    shape = SHAPES[name]
+def memory_worker(spec: str) -> None:
+    print(cpu_peak_mib(json.loads(spec)))
+
+
+def resized(shape, frames: int | None, channels: int | None, grid_scale: float) -> tuple[int, ...]:
+    """A case with fewer frames / channels or a scaled grid (the label channels stay)."""
+    n, d, h, w, labels = shape
+    return (frames or n, channels or d, max(1, round(h * grid_scale)), max(1, round(w * grid_scale)), labels)
+
+
+def bench_shape(name: str, shape, device: torch.device, repeat: int, in_process: bool = False) -> dict:
     inputs = make_inputs(shape, device)
     row = {"name": name, "shape": {"frames": shape[0], "channels": shape[1], "grid": [shape[2], shape[3]],
                                    "label_channels": shape[4]}}
@@ -65,7 +79,7 @@ def bench_shape(name: str, device: torch.device, repeat: int) -> dict:
         outputs[impl] = implementation(impl)(*inputs)
         row[f"{impl}_ms"] = time_call(lambda i=impl: implementation(i)(*inputs), device, warmup=0,
                                       repeat=repeat)["median_ms"]
-        row[f"{impl}_peak_mib"] = peak_mib(impl, shape, device)
+        row[f"{impl}_peak_mib"] = peak_mib(impl, shape, device, in_process)
     row["max_abs_difference"] = float((outputs["local"] - outputs["dense"]).abs().max())
     row["speedup"] = row["dense_ms"] / row["local_ms"]
     row["memory_ratio"] = row["local_peak_mib"] / max(row["dense_peak_mib"], 1e-3)
@@ -96,6 +110,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--frames", type=int, default=None, help="context frames of every case (default 8)")
+    parser.add_argument("--channels", type=int, default=None, help="feature channels of every case (default 384)")
+    parser.add_argument("--grid-scale", type=float, default=1.0, help="scale every case's grid (e.g. 0.25)")
+    parser.add_argument("--memory-in-process", action="store_true",
+                        help="CPU: measure memory in this process instead of a fresh one per measurement")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -103,7 +122,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = [bench_shape(name, device, args.repeat) for name in SHAPES]
+    rows = [bench_shape(name, resized(shape, args.frames, args.channels, args.grid_scale), device, args.repeat,
+                        args.memory_in_process) for name, shape in SHAPES.items()]
     at = next(r for r in rows if r["name"] == TARGET_SHAPE)
     target = {"shape": TARGET_SHAPE, "memory_ratio": at["memory_ratio"], "max_abs_difference": at["max_abs_difference"],
               "holds": at["memory_ratio"] <= MEMORY_TARGET and at["max_abs_difference"] <= TOLERANCE}

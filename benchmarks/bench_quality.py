@@ -1,6 +1,6 @@
 """Quality at equal training budget: fidelity of upsamplers trained with the same data, steps and seed.
 
-    python -m benchmarks.bench_quality [--steps 300] [--device cpu]
+    python -m benchmarks.bench_quality [--steps 300] [--device cpu] [--num-images 16] [--image-size 224] [--limit N]
 
 Starts from the quickstart configuration (benchmarks/configs/quickstart.json: test_vit backbone,
 generated scenes, 224 px, wrc_multicrop) and changes one thing per row: the upsampling layer (WRC,
@@ -41,12 +41,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=QUICKSTART["train"]["max_steps"])
     parser.add_argument("--num-images", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=QUICKSTART["data"]["image_size"])
+    parser.add_argument("--limit", type=int, default=None, help="only the first N variants (a smoke run)")
     args = parser.parse_args()
-    images = load_eval_images(None, args.num_images, QUICKSTART["data"]["image_size"])
+    images = load_eval_images(None, args.num_images, args.image_size)
     rows = {}
     backbone = None
-    for name, overrides in VARIANTS.items():
-        backbone, upsampler, seconds = train_variant(overrides, args.steps, args.device)
+    for name, overrides in list(VARIANTS.items())[: args.limit]:
+        backbone, upsampler, seconds = train_variant(overrides, args.steps, args.device, args.image_size)
         scores = fidelity(DenseFeatureExtractor(backbone, upsampler), images, scale=2)
         rows[name] = {**scores, "train_seconds": seconds,
                       "parameters": sum(p.numel() for p in upsampler.parameters())}
@@ -54,14 +56,15 @@ def main() -> None:
     bilinear = build_extractor(backbone, "bilinear")
     rows = {"bilinear (no training)": {**fidelity(bilinear, images, 2),
                                        "train_seconds": 0.0, "parameters": 0}, **rows}
-    lines = [f"Quickstart setting (test_vit, generated scenes, 224 px, wrc_multicrop), {args.steps} steps each, "
+    lines = [f"Quickstart setting (test_vit, generated scenes, {args.image_size} px, wrc_multicrop), {args.steps} "
+             "steps each, "
              f"same seed; fidelity on {len(images)} held-out scenes against the backbone at 2x.", "",
              "| upsampler | cosine (higher is better) | relative L2 (lower is better) | parameters |",
              "| --- | ---: | ---: | ---: |"]
     for name, r in rows.items():  # training seconds stay in the JSON: speed is bench_training's job
         lines.append(f"| {name} | {r['cosine']:.4f} | {r['rel_l2']:.4f} | {r['parameters']:,} |")
     device = torch.device(args.device)
-    publish(f"quality_{device.type}", device, rows, lines, steps=args.steps)
+    publish(f"quality_{device.type}", device, rows, lines, steps=args.steps, image_size=args.image_size)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training throughput and peak memory of the quickstart configuration (and of LiFT in its place).
 
-    python -m benchmarks.bench_training [--device cuda] [--steps 40]
+    python -m benchmarks.bench_training [--device cuda] [--steps 40] [--image-size 224] [--batch-size 8]
+        [--variants wrc lift]
 
 Each configuration trains in its own subprocess, so that its peak memory is its own (CUDA: max
 allocated; CPU: process peak RSS, reported beside the RSS before any model exists). The quickstart
@@ -24,10 +25,10 @@ from benchmarks.common import peak_rss_mib, publish
 from benchmarks.quickstart import QUICKSTART
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "quickstart (wrc, wrc_multicrop)": {},
-    "lift, lift_multiscale": {"model": {"name": "lift", "image_channels": 32},
-                              "objective": {"name": "lift_multiscale", "jitter": {}}},
+VARIANTS = {  # --variants name: (row label, overrides of the quickstart config)
+    "wrc": ("quickstart (wrc, wrc_multicrop)", {}),
+    "lift": ("lift, lift_multiscale", {"model": {"name": "lift", "image_channels": 32},
+                                       "objective": {"name": "lift_multiscale", "jitter": {}}}),
 }
 
 
@@ -47,12 +48,15 @@ def train_worker(config_path: str) -> None:
                       "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"}))
 
 
-def bench(variant: dict, device: str, steps: int) -> dict:
+def bench(variant: dict, device: str, steps: int, image_size: int | None = None,
+          batch_size: int | None = None) -> dict:
     config = copy.deepcopy(QUICKSTART)
     config.update(copy.deepcopy(variant))
+    config["data"].update({k: v for k, v in (("image_size", image_size), ("batch_size", batch_size)) if v})
     with tempfile.TemporaryDirectory() as tmp:
         config.update(device=device, run_dir=str(Path(tmp) / "run"))
-        config["train"].update(max_steps=steps, log_every=10, ckpt_every=10**9)
+        # two logged windows at least: the first (start-up included) is not counted
+        config["train"].update(max_steps=steps, log_every=max(1, min(10, steps // 2)), ckpt_every=10**9)
         path = Path(tmp) / "config.json"
         path.write_text(json.dumps(config))
         proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_training", "--worker", str(path)],
@@ -67,13 +71,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--image-size", type=int, default=None, help="crop size (default: the quickstart's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the quickstart's)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return train_worker(args.worker)
+    if args.steps < 2:
+        raise SystemExit(f"--steps must be >= 2 (the first logged window includes start-up); got {args.steps}")
     device = torch.device(args.device)
-    rows = {name: bench(variant, args.device, args.steps) for name, variant in VARIANTS.items()}
-    lines = ["Quickstart data (224 px crops, batch 8), test_vit backbone.", "",
+    rows = {VARIANTS[name][0]: bench(VARIANTS[name][1], args.device, args.steps, args.image_size, args.batch_size)
+            for name in args.variants}
+    first = next(iter(rows.values()))
+    lines = [f"Quickstart data ({first['image_size']} px crops, batch {first['batch_size']}), test_vit backbone.", "",
              "| configuration | images/s | peak memory (MiB) | measured as | RSS before training (MiB) |",
              "| --- | ---: | ---: | --- | ---: |"]
     for name, row in rows.items():

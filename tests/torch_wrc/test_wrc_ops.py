@@ -1,4 +1,10 @@
-"""torch_wrc: opcheck, gradcheck and parity with the pure-PyTorch reference (CPU here, CUDA where a GPU exists)."""
+"""torch_wrc: opcheck, gradcheck and parity with the pure-PyTorch reference (CPU here, CUDA where a GPU exists).
+
+Parity is against the reference run on the CPU in float64 (an oracle no device precision mode reaches: TF32
+convolutions, cuFFT's algorithms); cases marked "> 256 cells" launch several thread blocks and make every
+strided loop of the CUDA kernels take a second pass. Without the extension these tests skip, or fail where a
+GPU is visible (tests/torch_wrc/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -15,20 +21,24 @@ from wrc import create_upsampler
 from wrc.layers.reverse_conv import ReverseKernel
 from wrc.ops.reverse_conv import block_solve_reference, weighted_reverse_conv
 
-pytestmark = pytest.mark.skipif(not torch_wrc.is_available(),
-                                reason=f"torch_wrc not built: {torch_wrc.unavailable_reason()}")
+
+def assert_matches_cpu_float64(fused, reference, args, rtol: float, atol: float) -> None:
+    """fused(*args) on the args' device and dtype against reference(*args) on the CPU in float64: the output and
+    every input gradient under one random upstream gradient."""
+    leaves = [a.detach().clone().requires_grad_() for a in args]
+    out = fused(*leaves)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out * upstream.to(out)).sum().backward()
+    oracle_leaves = [a.detach().cpu().double().requires_grad_() for a in args]
+    oracle = reference(*oracle_leaves)
+    (oracle * upstream).sum().backward()
+    torch.testing.assert_close(out.detach().cpu().double(), oracle.detach(), rtol=rtol, atol=atol)
+    for index, (f, r) in enumerate(zip(leaves, oracle_leaves, strict=True)):
+        torch.testing.assert_close(f.grad.cpu().double(), r.grad, rtol=rtol, atol=atol,
+                                   msg=lambda m, i=index: f"gradient of input {i}: {m}")
 
 
-def assert_gradients_match(fused, reference, args, rtol: float, atol: float) -> None:
-    """The input gradients of fused(*args) and reference(*args) under one random upstream gradient."""
-    leaves_f = [a.clone().requires_grad_() for a in args]
-    leaves_r = [a.clone().requires_grad_() for a in args]
-    out = fused(*leaves_f)
-    grad = torch.randn_like(out)
-    (out * grad).sum().backward()
-    (reference(*leaves_r) * grad).sum().backward()
-    for f, r in zip(leaves_f, leaves_r, strict=True):
-        torch.testing.assert_close(f.grad, r.grad, rtol=rtol, atol=atol)
+SIZES = {"small": (5, 7), "over_256_cells": (17, 16)}  # LR (h, w); 17 x 16 = 272 cells per plane
 
 
 def block_problem(device, dtype, scale=2, b=2, c=3, h=5, w=7, seed=0):
@@ -45,13 +55,12 @@ def test_opcheck(device, dtype):
     torch.library.opcheck(torch.ops.wrc.block_solve.default, [a.requires_grad_() for a in args])
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_parity_with_the_reference_fp32(device, scale):
-    args = block_problem(device, torch.float32, scale=scale)
-    fused = torch.ops.wrc.block_solve(*args)
-    reference = block_solve_reference(*args)
-    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
-    assert_gradients_match(torch.ops.wrc.block_solve, block_solve_reference, args, rtol=1e-5, atol=1e-5)
+def test_parity_with_the_reference_fp32(device, scale, size):
+    h, w = SIZES[size]
+    args = block_problem(device, torch.float32, scale=scale, h=h, w=w)
+    assert_matches_cpu_float64(torch.ops.wrc.block_solve, block_solve_reference, args, rtol=1e-5, atol=1e-5)
 
 
 def test_gradcheck_float64(device):
@@ -129,12 +138,24 @@ def test_compiled_wrc_upsampler_has_no_graph_breaks_and_matches_eager(kernel_siz
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def hermitian_eigenvalues(free: torch.Tensor, width: int) -> torch.Tensor:
+    """Eigenvalues (C, h, w // 2 + 1) from free half-spectrum values, even where the half spectrum holds both a
+    frequency and its negative: in columns 0 and w / 2 (w even), row r pairs with row -r mod h. Moving one free
+    entry moves both members of its pair, so the filtered spectrum stays Hermitian and irfft2 is well defined
+    (on non-Hermitian input cuFFT's C2R and the CPU's give different results)."""
+    mirror = (-torch.arange(free.shape[-2])) % free.shape[-2]
+    eig = free.clone()
+    for col in [0] + ([width // 2] if width % 2 == 0 else []):
+        eig[..., col] = (free[..., col] + free[..., mirror, col]) / 2
+    return eig
+
+
 def spectral_problem(device, dtype, b=2, c=3, h=5, w=6, seed=0):
     from wrc.ops.reverse_conv import lr_eigenvalues
 
     g = torch.Generator().manual_seed(seed)
     kernel = torch.rand(c, 4, 4, generator=g, dtype=torch.float64) + 0.1
-    eig = lr_eigenvalues(kernel / kernel.sum(dim=(-2, -1), keepdim=True), 2, h, w)
+    eig = hermitian_eigenvalues(lr_eigenvalues(kernel / kernel.sum(dim=(-2, -1), keepdim=True), 2, h, w), w)
     lam = torch.rand(b, c, generator=g, dtype=torch.float64) * 3
     alpha = torch.rand(b, c, generator=g, dtype=torch.float64) + 0.1
     tensors = [torch.randn(b, c, h, w, generator=g, dtype=torch.float64), eig, lam, alpha]
@@ -154,17 +175,21 @@ def test_spectral_opcheck(device, dtype, width):
     torch.library.opcheck(torch.ops.wrc.lr_spectral_solve.default, args)
 
 
-@pytest.mark.parametrize("width", [6, 7])
-def test_spectral_parity_with_the_reference_fp32(device, width):
-    args = spectral_problem(device, torch.float32, w=width)
-    torch.testing.assert_close(torch.ops.wrc.lr_spectral_solve(*args), spectral_reference(*args), rtol=1e-5, atol=1e-5)
-    assert_gradients_match(torch.ops.wrc.lr_spectral_solve, spectral_reference, args, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("h, width", [(5, 6), (5, 7), (24, 22), (24, 23)])  # 24 x 12 = 288 > 256 frequencies
+def test_spectral_parity_with_the_reference_fp32(device, h, width):
+    args = spectral_problem(device, torch.float32, h=h, w=width)
+    assert_matches_cpu_float64(torch.ops.wrc.lr_spectral_solve, spectral_reference, args, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("width", [4, 5])
 def test_spectral_gradcheck_float64(device, width):
-    args = [a.requires_grad_() for a in spectral_problem(device, torch.float64, b=1, c=2, h=3, w=width)]
-    assert torch.autograd.gradcheck(torch.ops.wrc.lr_spectral_solve, args)
+    """Through the Hermitian-preserving parametrisation of the eigenvalues (``hermitian_eigenvalues``)."""
+    t, eig, lam, alpha = (a.requires_grad_() for a in spectral_problem(device, torch.float64, b=1, c=2, h=3, w=width))
+
+    def solve(t, free, lam, alpha):
+        return torch.ops.wrc.lr_spectral_solve(t, hermitian_eigenvalues(free, width), lam, alpha)
+
+    assert torch.autograd.gradcheck(solve, (t, eig, lam, alpha))
 
 
 def test_spectral_bad_input():
@@ -194,6 +219,65 @@ def test_solvers_through_the_extension_equal_the_reference_path():
     with rc.reference_only():
         reference = rc.weighted_reverse_conv(y, z, kernel, 2, w_low, w_high, tol=1e-12, iterations=200)
     torch.testing.assert_close(fused, reference, rtol=1e-8, atol=1e-10)
+
+
+def test_solvers_through_the_fused_decimation_match_the_reference(device, monkeypatch):
+    """The closed form and the PCG solve (forward and backward) with A, A^T and their kernel gradient served by
+    wrc::decimate*, as on CUDA, against the pure-PyTorch path on the CPU in float64. On the CPU the solvers route
+    around the fused decimation (wrc.ops.reverse_conv._fused_decimation), so it is switched on here."""
+    from wrc.ops import reverse_conv as rc
+
+    routed: list[bool] = []
+
+    def fused_decimation(t: torch.Tensor) -> bool:
+        if not rc.extension_enabled(t.device):  # the reference's run (reference_only)
+            return False
+        routed.append(t.dtype in rc._EXTENSION_DTYPES)
+        return routed[-1]
+
+    g = torch.Generator().manual_seed(0)
+    y, z = torch.randn(2, 3, 17, 16, generator=g), torch.randn(2, 3, 34, 32, generator=g)  # > 256 LR cells
+    kernel = torch.rand(3, 4, 4, generator=g) + 0.05
+    lam, alpha = torch.rand(2, 3, generator=g), torch.rand(3, generator=g) + 0.2
+    on_device = [t.double().to(device) for t in (y, z, kernel, lam, alpha)]
+    with monkeypatch.context() as patch:
+        patch.setattr(rc, "_fused_decimation", fused_decimation)
+        fused = rc.reverse_conv(*on_device[:3], 2, *on_device[3:], padding=1)
+    assert routed and all(routed), "the closed form did not go through wrc::decimate"
+    with rc.reference_only():
+        reference = rc.reverse_conv(y.double(), z.double(), kernel.double(), 2, lam.double(), alpha.double(),
+                                    padding=1)
+    torch.testing.assert_close(fused.cpu(), reference, rtol=1e-10, atol=1e-12)
+
+    w_low, w_high = torch.rand(1, 2, 14, 16, generator=g), torch.rand(1, 2, 28, 32, generator=g) + 0.1
+    args = (y[:1, :2, :14], z[:1, :2, :28], kernel[:2], w_low, w_high)  # padded by 2: 18 x 20 = 360 LR cells
+
+    def pcg(y, z, kernel, w_low, w_high):
+        return rc.weighted_reverse_conv(y, z, kernel, 2, w_low, w_high, tol=1e-13, iterations=300)
+
+    routed.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(rc, "_fused_decimation", fused_decimation)
+        assert_matches_cpu_float64(pcg, lambda *a: _reference_only(pcg, *a), [a.double().to(device) for a in args],
+                                   rtol=1e-7, atol=1e-9)
+    assert routed and all(routed), "the PCG solve did not go through wrc::decimate"
+
+
+def _reference_only(fn, *args):
+    from wrc.ops.reverse_conv import reference_only
+
+    with reference_only():
+        return fn(*args)
+
+
+def test_a_visible_gpu_comes_with_the_cuda_kernels():
+    """Where torch sees a GPU, an extension built without CUDA kernels would send every CUDA call to the
+    reference, and a GPU run could pass without touching a kernel: fail instead."""
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU visible")
+    assert torch_wrc.has_cuda_kernels(), (
+        "torch sees a GPU but torch_wrc was built without CUDA kernels: rebuild with FORCE_CUDA=1 "
+        "(pip install -e . --no-deps --no-build-isolation)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,15 +316,18 @@ def test_decimate_opcheck(device, scale, k):
     torch.library.opcheck(torch.ops.wrc.decimate_adjoint.default, (y.requires_grad_(), kernel, scale))
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)
-def test_decimate_parity_with_the_reference_fp32(device, scale, k):
+def test_decimate_parity_with_the_reference_fp32(device, scale, k, size):
+    """A, A^T and their kernel gradient (through autograd) against the reference on the CPU in float64."""
     from wrc.ops.reverse_conv import apply_A_reference, apply_At_reference
 
-    x, y, kernel = decimate_problem(device, torch.float32, scale, k)
-    torch.testing.assert_close(torch.ops.wrc.decimate(x, kernel, scale), apply_A_reference(x, kernel, scale),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(torch.ops.wrc.decimate_adjoint(y, kernel, scale), apply_At_reference(y, kernel, scale),
-                               rtol=1e-5, atol=1e-5)
+    h, w = SIZES[size]
+    x, y, kernel = decimate_problem(device, torch.float32, scale, k, h=h, w=w)
+    assert_matches_cpu_float64(lambda a, kk: torch.ops.wrc.decimate(a, kk, scale),
+                               lambda a, kk: apply_A_reference(a, kk, scale), (x, kernel), rtol=1e-5, atol=1e-5)
+    assert_matches_cpu_float64(lambda a, kk: torch.ops.wrc.decimate_adjoint(a, kk, scale),
+                               lambda a, kk: apply_At_reference(a, kk, scale), (y, kernel), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("scale, k", DECIMATE_GEOMETRIES)

@@ -57,6 +57,32 @@ WRC_HOST_DEVICE void block_forward(const scalar_t* z, const scalar_t* wh, const 
     }
 }
 
+// The block's scalars of the backward pass: returns dL/dy and dL/dwL, and r, u and g = wL / (1 + wL q), which
+// every tap of the block needs (block_backward_tap).
+template <typename scalar_t>
+WRC_HOST_DEVICE void block_backward_scalars(const scalar_t* grad, const scalar_t* z, const scalar_t* wh,
+                                            const scalar_t* kappa, scalar_t y, scalar_t wl, int64_t i, int64_t j,
+                                            int64_t s, int64_t W, scalar_t* grad_y, scalar_t* grad_wl, scalar_t* g,
+                                            scalar_t* r, scalar_t* u) {
+  scalar_t q;
+  block_sums(z, wh, kappa, grad, y, i, j, s, W, r, &q, u);
+  const scalar_t denom = scalar_t(1) + wl * q;
+  *g = wl / denom;
+  *grad_y = *g * *u;
+  *grad_wl = *r * *u / (denom * denom);
+}
+
+// One tap of the block (HR cell n, kernel tap k = kappa_t, d = wH[n]): writes dL/dz[n] and dL/dwH[n], and
+// returns the tap's term of dL/dkappa_t (summed over blocks by the caller).
+template <typename scalar_t>
+WRC_HOST_DEVICE scalar_t block_backward_tap(scalar_t grad_n, scalar_t z_n, scalar_t d, scalar_t k, scalar_t g,
+                                            scalar_t r, scalar_t u, scalar_t* grad_z_n, scalar_t* grad_wh_n) {
+  const scalar_t shared = grad_n - k * g * u;
+  *grad_z_n = shared;
+  *grad_wh_n = -(k * g * r / (d * d)) * shared;
+  return g * r * grad_n / d - g * u * z_n - scalar_t(2) * g * g * r * u * k / d;
+}
+
 // Writes dL/dz and dL/dwH for the block, returns dL/dy and dL/dwL, and accumulates dL/dkappa
 // into kappa_grad (s * s values owned by the caller).
 template <typename scalar_t>
@@ -64,21 +90,13 @@ WRC_HOST_DEVICE void block_backward(const scalar_t* grad, const scalar_t* z, con
                                     const scalar_t* kappa, scalar_t y, scalar_t wl, int64_t i, int64_t j, int64_t s,
                                     int64_t W, scalar_t* grad_z, scalar_t* grad_wh, scalar_t* grad_y,
                                     scalar_t* grad_wl, scalar_t* kappa_grad) {
-  scalar_t r, q, u;
-  block_sums(z, wh, kappa, grad, y, i, j, s, W, &r, &q, &u);
-  const scalar_t denom = scalar_t(1) + wl * q;
-  const scalar_t g = wl / denom;
-  *grad_y = g * u;
-  *grad_wl = r * u / (denom * denom);
+  scalar_t g, r, u;
+  block_backward_scalars(grad, z, wh, kappa, y, wl, i, j, s, W, grad_y, grad_wl, &g, &r, &u);
   for (int64_t ty = 0; ty < s; ++ty)
     for (int64_t tx = 0; tx < s; ++tx) {
       const int64_t n = hr_index(i, j, ty, tx, s, W);
-      const scalar_t k = kappa[ty * s + tx];
-      const scalar_t d = wh[n];
-      const scalar_t shared = grad[n] - k * g * u;
-      grad_z[n] = shared;
-      grad_wh[n] = -(k * g * r / (d * d)) * shared;
-      kappa_grad[ty * s + tx] += g * r * grad[n] / d - g * u * z[n] - scalar_t(2) * g * g * r * u * k / d;
+      kappa_grad[ty * s + tx] +=
+          block_backward_tap(grad[n], z[n], wh[n], kappa[ty * s + tx], g, r, u, grad_z + n, grad_wh + n);
     }
 }
 
