@@ -15,6 +15,7 @@ ALL = list_objectives()
 FAST = {  # shallow overrides of the shipped YAML, so that each case takes about a second
     "featup_multiview": {"num_jitters": 1, "max_pad": 4},
     "srt_distill": {"teacher": {"max_shift": 1}, "scale": 4},
+    "uplift_multidepth": {"down_steps": 2},  # 64 px at patch 16: 4, 2 and 1 tokens (3 would need 128 px)
     "wrc_multicrop": {"num_crops": 1},
 }
 

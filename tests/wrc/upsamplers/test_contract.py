@@ -11,7 +11,11 @@ from wrc import DenseFeatureExtractor, create_upsampler, list_upsamplers
 from wrc.upsamplers import Upsampler, register_upsampler
 
 ALL = list_upsamplers()
-FAST = {"featup_implicit": {"steps": 5, "num_jitters": 8, "progress": False}}  # per-image fits: a short budget
+FAST = {  # per-method settings for the 3 x 5 token grid, at a unit-test budget
+    "featup_implicit": {"steps": 5, "num_jitters": 8, "progress": False},  # per-image fits: a short budget
+    "naf": {"kernel": 3},  # 3 x 5 tokens are fewer than the 9 x 9 window (an error: tests/wrc/upsamplers/test_naf.py)
+    "uplift": {"encoder_channels": [4, 8, 8, 12, 16], "decoder_channels": 20},  # full-resolution encoder: thinner
+}
 
 
 def _inputs(channels: int, patch: int, grid=(3, 5), batch: int = 2):
@@ -34,7 +38,7 @@ class TestContract:
             assert out.shape == (2, 24, *size) and torch.isfinite(out).all()
 
     def test_backward_reaches_every_parameter(self, name, patch):
-        up = create_upsampler(name, 24, patch).train()
+        up = create_upsampler(name, 24, patch, **FAST.get(name, {})).train()
         if up.needs_backbone:
             pytest.skip("backbone-side method: recomputes features from the image, nothing to train")
         feats, image = _inputs(24, patch)
