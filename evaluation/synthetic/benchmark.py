@@ -58,6 +58,8 @@ TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own object
                                  {"name": "wrc_multicrop"}),
     "lift": ({"name": "lift", "image_channels": 32}, {"name": "lift_multiscale", "jitter": {}}),
     "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),
+    # the original's guidance pooling and final resize, beside the default (wrc/upsamplers/featup_jbu.py)
+    "featup_jbu_paper": ({"name": "featup_jbu", "preset": "paper"}, MULTIVIEW),
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
 }
@@ -68,9 +70,10 @@ TASKS: dict[str, tuple[str, dict[str, Any]]] = {  # task: (protocol, its setting
     "discovery": ("object_discovery", {"dataset": "synthetic"}),
     "salient": ("salient", {"dataset": "synthetic"}),
 }
-TRAINING_FREE: dict[str, dict] = {
-    "nearest": {}, "bilinear": {}, "bicubic": {}, "srt": {"max_shift": 3}, "strided": {},
-    "featup_implicit": {"num_jitters": 64, "progress": False}, "large_image": {},
+TRAINING_FREE: dict[str, dict] = {  # name: kwargs ("name" selects another registered upsampler than the row's)
+    "nearest": {}, "bilinear": {}, "bicubic": {}, "srt": {"max_shift": 3},
+    "srt_paper": {"name": "srt", "max_shift": 3, "preset": "paper"},  # the original's aggregate (srt.py)
+    "strided": {}, "featup_implicit": {"num_jitters": 64, "progress": False}, "large_image": {},
 }
 def training_config(model: dict, objective: dict, *, steps: int, image_size: int, batch_size: int, lr: float,
                     seed: int, device: str, run_dir: Path) -> dict[str, Any]:
@@ -110,9 +113,10 @@ def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -
         upsampler, seconds = train_method(name, oracle, args)
         return upsampler, seconds, TRAINED[name][1]["name"]
     kwargs = dict(TRAINING_FREE[name])
-    if name == "featup_implicit":
+    method = kwargs.pop("name", name)
+    if method == "featup_implicit":
         kwargs["steps"] = args.implicit_steps
-    upsampler = create_upsampler(name, oracle.embed_dim, oracle.patch_size, **kwargs)
+    upsampler = create_upsampler(method, oracle.embed_dim, oracle.patch_size, **kwargs)
     return upsampler.to(args.device).eval(), 0.0, "training-free"
 
 

@@ -7,10 +7,18 @@ to one; then (optionally) a small learned correction 0.1 * MLP([kernel; guidance
 applied by the adaptive convolution (wrc.ops.adaptive_conv) to bicubically 2x-upsampled,
 reflect-padded features. After the last layer a residual 1x1 convolution mixes channels.
 
-Differences from the original: any patch size and image size (the guidance is resized to each
-layer's grid with antialiasing, rather than adaptive pooling that enlarges 224 to 256 for patch 14);
-range logits are formed shift by shift, never unfolding the keys (that unfold alone is 49 x 32
-values per pixel); the fused kernel gives every tap its gradient on every device.
+Presets (``preset="default" | "paper"``; each flag can also be set on its own):
+- ``guidance_resize``: how the image is brought to each layer's grid. "bilinear" (default) is antialiased
+  bilinear, one triangle filter of the same shape at every output pixel. "adaptive_avg" (the original) is
+  adaptive average pooling: when the ratio is not an integer its windows alternate between widths, and for
+  patch 14 it *enlarges* the last guidance (224 -> 256, each pixel a copy or a mean of two), a blur that
+  changes from pixel to pixel and that the range kernel reads as texture.
+- ``final_antialias``: the resize from the stack's 2^L grid to the requested size (patch 14: 256 -> 224).
+  True (default) antialiases when shrinking; False (the original) samples bilinearly, which aliases.
+
+Differences from the original that no preset undoes: range logits are formed shift by shift, never
+unfolding the keys (that unfold alone is 49 x 32 values per pixel, the outputs are equal); the fused kernel
+gives every tap its gradient on every device; a request smaller than 2^L tokens uses fewer layers.
 """
 
 from __future__ import annotations
@@ -24,6 +32,12 @@ from wrc.ops.adaptive_conv import adaptive_conv
 from wrc.ops.padding import pad2d
 from wrc.upsamplers.base import register_upsampler, resize
 from wrc.upsamplers.stack import StackedUpsampler
+
+GUIDANCE_RESIZES = ("bilinear", "adaptive_avg")
+PRESETS: dict[str, dict[str, object]] = {  # the flags each preset sets (an explicit flag wins)
+    "default": {"guidance_resize": "bilinear", "final_antialias": True},
+    "paper": {"guidance_resize": "adaptive_avg", "final_antialias": False},
+}
 
 
 class JointBilateralLayer(nn.Module):
@@ -85,6 +99,10 @@ class FeatUpJBU(StackedUpsampler):
         radius, key_dim, dropout, kernel_fixup: of every JointBilateralLayer.
         refine: the final out + 0.1 * Conv1x1(Dropout2d(out)) (C^2 + C parameters).
         refine_dropout: its dropout.
+        preset: "default" or "paper" (the original's behaviour, see the module docstring): the values of the
+            flags below that are left at None.
+        guidance_resize: "bilinear" (antialiased) or "adaptive_avg" (adaptive average pooling).
+        final_antialias: antialias the final resize to the requested size when it shrinks.
 
     172,772 parameters for C = 384 with the defaults (24,932 in the four layers).
     """
@@ -93,19 +111,58 @@ class FeatUpJBU(StackedUpsampler):
 
     def __init__(self, in_channels: int, patch_size: int, *, num_layers: int = 4, radius: int = 3,
                  key_dim: int = 32, dropout: float = 0.1, kernel_fixup: bool = True, refine: bool = True,
-                 refine_dropout: float = 0.2) -> None:
+                 refine_dropout: float = 0.2, preset: str = "default", guidance_resize: str | None = None,
+                 final_antialias: bool | None = None) -> None:
         super().__init__(in_channels, patch_size)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1; got {num_layers}")
+        if preset not in PRESETS:
+            raise ValueError(f"preset={preset!r}; expected one of {tuple(PRESETS)}")
+        flags = {"guidance_resize": guidance_resize, "final_antialias": final_antialias}
+        flags = PRESETS[preset] | {key: value for key, value in flags.items() if value is not None}
+        if flags["guidance_resize"] not in GUIDANCE_RESIZES:
+            raise ValueError(f"guidance_resize={flags['guidance_resize']!r}; expected one of {GUIDANCE_RESIZES}")
+        self.preset, self.guidance_resize = preset, str(flags["guidance_resize"])
+        self.final_antialias = bool(flags["final_antialias"])
         self.normalize = GuidanceNormalize()
         self.layers = nn.ModuleList(JointBilateralLayer(radius, key_dim, dropout, kernel_fixup)
                                     for _ in range(num_layers))
         self.refine = (nn.Sequential(nn.Dropout2d(refine_dropout), nn.Conv2d(in_channels, in_channels, 1))
                        if refine else None)
 
+    def guidance(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The normalised guidance image on a layer's grid (both resizes are linear and keep constants, so
+        normalising before or after is the same)."""
+        normalized = self.normalize(image)
+        if self.guidance_resize == "adaptive_avg":
+            return F.adaptive_avg_pool2d(normalized, size)
+        return resize(normalized, size)
+
     def step(self, index: int, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         size = (2 * features.shape[-2], 2 * features.shape[-1])
-        return self.layers[index](features, resize(self.normalize(image), size))
+        return self.layers[index](features, self.guidance(image, size))
 
     def finish(self, features: torch.Tensor) -> torch.Tensor:
         return features if self.refine is None else features + 0.1 * self.refine(features)
+
+    def stack_size(self, grid: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+        """The grid the layers reach for a request of ``size`` (StackedUpsampler's rule: double while smaller)."""
+        height, width = grid
+        for _ in range(len(self.layers)):
+            if height >= size[0] and width >= size[1]:
+                break
+            height, width = 2 * height, 2 * width
+        return height, width
+
+    def upsample_to(self, features: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
+                    backbone: nn.Module | None) -> torch.Tensor:
+        if self.final_antialias:
+            return super().upsample_to(features, image, size, backbone)
+        out = super().upsample_to(features, image, self.stack_size(features.shape[-2:], size), backbone)
+        if tuple(out.shape[-2:]) == tuple(size):
+            return out
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, preset={self.preset}, guidance_resize={self.guidance_resize}, "
+                f"final_antialias={self.final_antialias}")

@@ -8,6 +8,13 @@ C = 384). Larger factors apply the step again with the guidance image at the new
 Unlike the original (patch 8 and 16 only), the image branch lands on exactly 2x the token grid for
 any patch size (8, 14, 16, ...) and any image size, by adaptive max-pooling after its two stride-2
 convolutions: for patch 16 that is the original 2x2 max-pool, for patch 8 the identity.
+
+Guidance normalisation (``guidance_norm``): here every upsampler normalises its [0, 1] guidance itself, with
+ImageNet statistics whatever the backbone, so a trained LiFT does not depend on how its backbone normalises.
+The original feeds LiFT the image its backbone sees: ImageNet statistics for DINO, mean = std = 0.5 for the
+other backbones; "half" reproduces the latter (what ``python -m wrc.convert --format lift`` sets for a
+``--backbone`` whose name does not contain "dino"). The image branch's convolutions carry no bias (the BatchNorm after
+each makes one redundant); the converter folds the original's biases into the BatchNorms' running means.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from torch import nn
 
 from wrc.layers.guidance import GuidanceNormalize
 from wrc.upsamplers.base import Upsampler, register_upsampler
+
+GUIDANCE_NORMS = ("imagenet", "half")
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
@@ -36,6 +45,8 @@ class LiFT(Upsampler):
         in_channels: backbone channels C.
         patch_size: backbone patch size P (the guidance image is resized to P times the token grid).
         image_channels: width of the image branch (32 in the paper).
+        guidance_norm: "imagenet" (mean/std of ImageNet, the default and the original's for DINO) or "half"
+            (mean = std = 0.5, the original's for non-DINO backbones).
 
     Shape:
         features (B, C, h, w), image (B, 3, H, W) -> (B, C, 2h, 2w) per step.
@@ -44,11 +55,18 @@ class LiFT(Upsampler):
     name = "lift"
     scale = 2
 
-    def __init__(self, in_channels: int, patch_size: int, *, image_channels: int = 32) -> None:
+    def __init__(self, in_channels: int, patch_size: int, *, image_channels: int = 32,
+                 guidance_norm: str = "imagenet") -> None:
         super().__init__(in_channels, patch_size)
+        if guidance_norm not in GUIDANCE_NORMS:
+            raise ValueError(f"guidance_norm={guidance_norm!r}; expected one of {GUIDANCE_NORMS}")
         c, k = in_channels, image_channels
         fused = c + k
+        self.guidance_norm = guidance_norm
         self.normalize = GuidanceNormalize()
+        if guidance_norm == "half":
+            self.normalize.mean.fill_(0.5)
+            self.normalize.std.fill_(0.5)
         self.image_stem = nn.Sequential(conv_bn_relu(3, k, stride=2), conv_bn_relu(k, k, stride=2))  # 1/4 res
         self.image_down = conv_bn_relu(k, k, stride=2)  # 2x token grid -> token grid
         self.up = nn.ConvTranspose2d(fused, fused // 2, kernel_size=2, stride=2)
