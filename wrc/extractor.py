@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from wrc.checkpoint import load_upsampler, read_checkpoint_meta
-from wrc.upsamplers.base import Upsampler, create_upsampler, list_upsamplers
+from wrc.upsamplers.base import Upsampler, create_upsampler, get_upsampler_class, list_upsamplers
 
 log = logging.getLogger("wrc")
 
@@ -87,13 +87,13 @@ class DenseFeatureExtractor(nn.Module):
 def check_compatible(upsampler: Upsampler, backbone: Backbone) -> None:
     """An upsampler built or trained for other channels or another patch size cannot read this backbone."""
     name = backbone.spec().get("name")
-    if upsampler.in_channels != backbone.embed_dim:
+    if upsampler.in_channels != backbone.embed_dim and not upsampler.any_backbone:
         raise ValueError(
             f"upsampler {upsampler.name!r} expects {upsampler.in_channels}-channel features but backbone {name} has "
             f"embed_dim={backbone.embed_dim}: use an upsampler checkpoint trained on this backbone, or the backbone "
             "it was trained on"
         )
-    if upsampler.patch_size != backbone.patch_size:
+    if upsampler.patch_size != backbone.patch_size and not upsampler.any_backbone:
         raise ValueError(f"upsampler {upsampler.name!r} was built for patch size {upsampler.patch_size} but backbone "
                          f"{name} has patch size {backbone.patch_size}")
 
@@ -134,13 +134,17 @@ def _device_of(module: object) -> torch.device:
 
 def _from_checkpoint(path: str | os.PathLike, backbone: Backbone, allow_mismatch: bool) -> Upsampler:
     meta = read_checkpoint_meta(path)
-    if (meta["in_channels"], meta["patch_size"]) != (backbone.embed_dim, backbone.patch_size):
+    agnostic = get_upsampler_class(meta["name"]).any_backbone  # NAF, AnyUp: one checkpoint serves every backbone
+    if agnostic:
+        log.info("%s is backbone-agnostic: its checkpoint %s (trained on %s) reads %s", meta["name"], path,
+                 meta.get("backbone", {}).get("name"), backbone.spec().get("name"))
+    elif (meta["in_channels"], meta["patch_size"]) != (backbone.embed_dim, backbone.patch_size):
         raise ValueError(
             f"checkpoint {str(path)!r} was trained on {meta['in_channels']}-channel features with patch "
             f"{meta['patch_size']} ({meta.get('backbone', {}).get('name')}) but backbone "
             f"{backbone.spec().get('name')} has {backbone.embed_dim} channels and patch {backbone.patch_size}"
         )
-    differences = backbone_differences(meta.get("backbone", {}), backbone.spec())
+    differences = [] if agnostic else backbone_differences(meta.get("backbone", {}), backbone.spec())
     if differences and not allow_mismatch:
         raise ValueError(
             f"checkpoint {str(path)!r} was trained on another backbone ({'; '.join(differences)}): its features "

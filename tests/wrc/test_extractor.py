@@ -84,3 +84,15 @@ def test_any_frozen_module_with_the_backbone_attributes_is_a_backbone():
     assert extractor(torch.rand(1, 3, 64, 64), output_size=(16, 16)).shape == (1, oracle.embed_dim, 16, 16)
     with pytest.raises(ValueError, match="expects 64-channel features but backbone"):
         DenseFeatureExtractor(oracle, create_upsampler("bilinear", 64, 8))
+
+
+def test_a_backbone_agnostic_checkpoint_serves_another_backbone(tmp_path, test_vit):
+    """NAF and AnyUp read any channel count: their checkpoint loads on a backbone of another width and patch, where a
+    backbone-specific method's is refused."""
+    anyup = create_upsampler("anyup", 48, 8, dim=16, heads=2)
+    save_checkpoint(tmp_path / "step_0000001", anyup, {"backbone": {"name": "vit_other", "weights": "random"},
+                                                         "step": 1})
+    extractor = build_extractor(test_vit, tmp_path / "step_0000001")
+    image = torch.rand(1, 3, 64, 96)
+    out = extractor(image)
+    assert out.shape[:2] == (1, test_vit.embed_dim) and test_vit.embed_dim != 48

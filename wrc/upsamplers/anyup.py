@@ -29,7 +29,7 @@ from torch import nn
 from wrc.layers.cross_attention import DEFAULT_CHUNK, global_attention, neighbourhood_attention, window_mask
 from wrc.layers.encoders import GNSiLUBlock, conv
 from wrc.layers.unification import FeatureUnification
-from wrc.upsamplers.base import Upsampler, _raise_bad_values, register_upsampler
+from wrc.upsamplers.base import Upsampler, register_upsampler
 from wrc.upsamplers.jafar import GuidanceEncoder, QueryKeyProjection, check_widths
 
 ATTENTIONS = ("window", "neighbourhood")
@@ -61,6 +61,7 @@ class AnyUp(Upsampler):
     """
 
     name = "anyup"
+    any_backbone = True  # the feature unification reads any channel count: one model for every backbone
     scale = None
 
     def __init__(self, in_channels: int, patch_size: int, *, dim: int = 128, heads: int = 4, kernel_size: int = 1,
@@ -83,19 +84,11 @@ class AnyUp(Upsampler):
         self.projection = QueryKeyProjection(dim, in_proj_rows=3 * dim)
 
     def _check_inputs(self, features: torch.Tensor, image: torch.Tensor) -> None:
-        """The base class's checks with the channel count left free (the unification reads any C)."""
-        if features.ndim != 4 or features.shape[1] < 1:
-            raise ValueError(f"features must be (B, C, h, w) with any C >= 1 for 'anyup'; got {tuple(features.shape)}")
-        if features.shape[-2] < 2 or features.shape[-1] < 2:
+        """The base class's checks (any channel count: the unification reads any C) and at least 2 x 2 tokens."""
+        if features.ndim == 4 and (features.shape[-2] < 2 or features.shape[-1] < 2):
             raise ValueError(f"'anyup' needs at least 2 x 2 tokens (its 3x3 key aggregation pads by reflection); "
                              f"got a {features.shape[-2]} x {features.shape[-1]} grid")
-        if features.shape[1] == self.in_channels:
-            return super()._check_inputs(features, image)
-        if not features.is_floating_point():
-            raise TypeError(f"features must be a floating-point tensor; got dtype {features.dtype}")
-        super()._check_inputs(features.new_zeros(features.shape[0], self.in_channels, 1, 1), image)
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(features).all()):
-            _raise_bad_values(features, image)
+        super()._check_inputs(features, image)
 
     def upsample_to(self, features: torch.Tensor, image: torch.Tensor, size: tuple[int, int],
                     backbone: nn.Module | None) -> torch.Tensor:

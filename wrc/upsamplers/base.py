@@ -46,6 +46,8 @@ class Upsampler(nn.Module):
     scale: ClassVar[int | None] = None  # native factor per step; None = any output size
     needs_backbone: ClassVar[bool] = False  # backbone-in-the-loop methods (SRT, FeatUp-Implicit, ...)
     trainable: ClassVar[bool] = True
+    any_backbone: ClassVar[bool] = False  # weights independent of the backbone's width and patch (NAF, AnyUp):
+    # features of any channel count are read, and one checkpoint serves every backbone (patch_size is unused)
 
     def __init__(self, in_channels: int, patch_size: int) -> None:
         super().__init__()
@@ -91,7 +93,7 @@ class Upsampler(nn.Module):
 
     def _check_inputs(self, features: torch.Tensor, image: torch.Tensor) -> None:
         """Shapes and dtypes always; values (finite, image in [0, 1]) with one host sync, outside torch.compile."""
-        if features.ndim != 4 or features.shape[1] != self.in_channels:
+        if features.ndim != 4 or (features.shape[1] != self.in_channels and not self.any_backbone):
             raise ValueError(
                 f"features must be (B, {self.in_channels}, h, w) for this {self.name!r} upsampler "
                 f"(built for in_channels={self.in_channels}); got shape {tuple(features.shape)}"
@@ -124,7 +126,12 @@ def _check_size(output_size: Iterable[int]) -> tuple[int, int]:
         size = ()
     if len(size) != 2 or not all(_is_int(s) for s in size) or min(size) < 1:
         raise ValueError(f"output_size must be two positive ints (H', W'); got {output_size!r}")
-    return int(size[0]), int(size[1])
+    return _as_size(size[0]), _as_size(size[1])
+
+
+def _as_size(value: int | torch.SymInt) -> int | torch.SymInt:
+    """A plain int, or a symbolic one kept symbolic (int() would pin a traced graph to the example's size)."""
+    return value if isinstance(value, torch.SymInt) else int(value)
 
 
 def _is_int(value: object) -> bool:

@@ -20,8 +20,6 @@ rather than a silently smaller window (a kernel of 6 on small images is what bro
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,7 +62,7 @@ class NAF(Upsampler):
     """
 
     name = "naf"
-    any_channels = True  # the weights never see the features (read by the contract once the base class has it)
+    any_backbone = True  # the weights never see the features
 
     def __init__(self, in_channels: int, patch_size: int, *, dim: int = 256, heads: int = 4, rope_heads: int = 4,
                  kernel: int = 9, rope_base: float = 100.0, rope_rescale: float = 2.0, guidance_cap: float = 4.0,
@@ -109,14 +107,11 @@ class NAF(Upsampler):
         return out.to(features.dtype)
 
     def _check_inputs(self, features: torch.Tensor, image: torch.Tensor) -> None:
-        """The base checks, with any channel count divisible by the heads in place of ``in_channels``."""
-        channels = features.shape[1] if features.ndim == 4 else self.in_channels
-        if channels % self.heads:
+        """The base checks (any channel count), and channels divisible by the heads (values are split per head)."""
+        if features.ndim == 4 and features.shape[1] % self.heads:
             raise ValueError(f"features must have a channel count divisible by heads={self.heads} for NAF (values "
                              f"split into heads); got shape {tuple(features.shape)}")
-        # the base check reads only ``in_channels`` and ``name``: run it for this call's channel count (with an
-        # ``any_channels`` flag in the base class this becomes ``super()._check_inputs(features, image)``)
-        Upsampler._check_inputs(SimpleNamespace(in_channels=channels, name=self.name), features, image)  # type: ignore[arg-type]
+        super()._check_inputs(features, image)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, heads={self.heads}, kernel={self.kernel}, any channel count"
