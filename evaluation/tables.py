@@ -125,11 +125,13 @@ def build_table(records: Sequence[ResultRecord], protocol: str, metrics: Sequenc
     columns = sorted({(group, metric) for _, group, metric in values},
                      key=lambda c: (tuple(natural(v) for v in c[0]), metrics.index(c[1])))
     rows = sorted({row for row, _, _ in values})
-    if spec.rank_by in metrics:  # a ranking: best first
+    if spec.rank_by in metrics:  # a ranking: best first, then the rows that are not ranked (under budget, ...)
         order = columns_of[spec.rank_by]
         score = {row: statistics.fmean(v) for (row, _, metric), v in values.items() if metric == spec.rank_by}
         missing = float("-inf") if order.higher_is_better else float("inf")
-        rows.sort(key=lambda row: score.get(row, missing), reverse=order.higher_is_better)
+        sign = -1 if order.higher_is_better else 1
+        unranked = {r.label for r in records if (r.training or {}).get("ranked") is False}
+        rows.sort(key=lambda row: (row.split(" @ ")[0] in unranked, sign * score.get(row, missing)))
     headers = [header(group_label(group), metric, columns_of[metric], len(metrics)) for group, metric in columns]
     md = ["| upsampler | " + " | ".join(headers) + " |", "| --- |" + " ---: |" * len(columns)]
     buffer = io.StringIO()

@@ -63,6 +63,16 @@ TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own object
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
 }
+# How each paper uses its method, where that differs from "as many native steps as fit, then interpolate", and
+# rows that reuse a trained run at another use: benchmarks/results/synthetic/lift_regime.md measured why.
+NATIVE_STEPS = {"lift": 1}  # LiFT's paper: one 2x step, then bilinear to the pixel grid
+USES: dict[str, tuple[str, int, str]] = {  # row: (trained run it reuses, native steps, the label's note)
+    "lift_2steps": ("lift", 2, "two chained steps: LiFT Table 8"),
+    "lift_3steps": ("lift", 3, "three chained steps to 8x: outside the paper's regime"),
+}
+MIN_STEPS = {"lift": 1000}  # no skip path (starts from random output): at 200 steps it loses to bilinear on its own
+# training pairs; at 1000 it beats bilinear at 2x (lift_regime.md)
+OWN_BUDGET = {"featup_implicit": 1200}  # FeatUp's fitting steps per image; fewer: an under-budget row, never ranked
 TASKS: dict[str, tuple[str, dict[str, Any]]] = {  # task: (protocol, its settings on the generated dataset)
     "field": ("synthetic", {}),  # from the command line (settings_of)
     "video": ("davis", {"dataset": "synthetic", "image_size": 128}),  # 128-px frames, not resampled
@@ -96,21 +106,43 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
     from wrc.training import train
 
     model, objective = TRAINED[name]
-    run_dir = Path(args.work_dir) / name
-    config = training_config(model, objective, steps=args.steps, image_size=args.image_size,
+    steps = training_steps(name, args)
+    run_dir = Path(args.work_dir) / (name if steps == args.steps else f"{name}_{steps}steps")
+    config = training_config(model, objective, steps=steps, image_size=args.image_size,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                              run_dir=run_dir)
     last = latest_checkpoint(run_dir / "checkpoints")
-    finished = last is not None and last.name == f"step_{args.steps:07d}"
+    finished = last is not None and last.name == f"step_{steps:07d}"
     tick = time.perf_counter()
     result = train(config, backbone=oracle, dataset=SyntheticScenes(args.train_scenes, args.image_size))
     return result.upsampler.eval(), None if finished else time.perf_counter() - tick
 
 
+def training_steps(name: str, args: argparse.Namespace) -> int:
+    """``--steps``, or more for a method that is still under-trained there (``MIN_STEPS``)."""
+    return max(args.steps, MIN_STEPS.get(name, 0))
+
+
+def row_label(name: str, args: argparse.Namespace) -> tuple[str, bool]:
+    """(label shown in the tables, whether the row may be ranked): reused runs say how they are used, and an
+    under-budget row says so and is never ranked."""
+    if name in USES:
+        return f"{name} ({USES[name][2]})", "outside" not in USES[name][2]
+    if name in OWN_BUDGET and args.implicit_steps < OWN_BUDGET[name]:
+        return f"{name} (under budget: {args.implicit_steps} of {OWN_BUDGET[name]} steps)", False
+    return name, True
+
+
 def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -> tuple[Upsampler, float | None, str]:
     """(upsampler, training seconds, objective name) for a learned or training-free method."""
+    if name in USES:  # another use of a trained run: nothing is trained twice
+        trained, steps, _ = USES[name]
+        upsampler, _ = train_method(trained, oracle, args)
+        upsampler.native_steps = steps
+        return upsampler, 0.0, TRAINED[trained][1]["name"]
     if name in TRAINED:
         upsampler, seconds = train_method(name, oracle, args)
+        upsampler.native_steps = NATIVE_STEPS.get(name)
         return upsampler, seconds, TRAINED[name][1]["name"]
     kwargs = dict(TRAINING_FREE[name])
     method = kwargs.pop("name", name)
@@ -122,7 +154,7 @@ def upsampler_for(name: str, oracle: OracleBackbone, args: argparse.Namespace) -
 
 def settings_of(args: argparse.Namespace) -> SyntheticSettings:
     return SyntheticSettings(image_size=args.image_size, test_scenes=args.test_scenes,
-                             probe_scenes=args.probe_scenes, seed=args.seed)
+                             probe_scenes=args.probe_scenes, seed=args.data_seed)
 
 
 TASK_ITEMS = {  # task: the settings --task-items sets (generated videos, pairs per category, images)
@@ -138,7 +170,7 @@ def task_settings(task: str, args: argparse.Namespace) -> Any:
     protocol, settings = TASKS[task]
     if task == "field":
         return settings_of(args)
-    settings = {**settings, "seed": args.seed}
+    settings = {**settings, "seed": args.data_seed}
     if args.task_items is not None:
         settings |= {key: args.task_items if value is None else None for key, value in TASK_ITEMS[task].items()}
     return get_protocol(protocol).settings(settings)
@@ -150,7 +182,7 @@ def record_path(task: str, name: str, args: argparse.Namespace) -> Path:
 
 
 def score(name: str, upsampler: Upsampler, oracle: OracleBackbone, args: argparse.Namespace,
-          training: dict[str, Any]) -> dict[str, dict[str, Any]]:
+          training: dict[str, Any], label: str | None = None) -> dict[str, dict[str, Any]]:
     """Score one method on every task of ``--tasks``, each record written as soon as it exists; task -> metrics."""
     extractor = DenseFeatureExtractor(oracle, upsampler.to(args.device).eval())
     run_dir = Path(args.work_dir) / name
@@ -159,13 +191,13 @@ def score(name: str, upsampler: Upsampler, oracle: OracleBackbone, args: argpars
         protocol = TASKS[task][0]
         record = evaluate(protocol, extractor, task_settings(task, args),
                           run_dir if task == "field" else run_dir / f"eval_{task}",
-                          record_path=record_path(task, name, args), label=name, training=training)
+                          record_path=record_path(task, name, args), label=label or name, training=training)
         metrics[task] = record.metrics
     return metrics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    every = [*TRAINED, *TRAINING_FREE]
+    every = [*TRAINED, *USES, *TRAINING_FREE]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=every, choices=every, metavar="NAME",
                         help=f"upsamplers to score (default: all of {', '.join(every)})")
@@ -183,7 +215,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task-items", type=int, default=None, metavar="N",
                         help="generated videos / pairs per category / images of the tasks other than field "
                              "(default: each protocol's own count; small values for tests)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training runs (and of nothing else)")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="seed of the generated test data: fixed across training seeds, so a spread over seeds "
+                             "is the methods' own")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work-dir", default="outputs/synthetic", help="run directories of the learned methods")
     parser.add_argument("--out", default="outputs/synthetic/results", help="result JSONs and the table")
@@ -209,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
           {"objective": "-", "train_seconds": 0.0, "parameters": 0, "training": setting})
     for name in args.methods:  # each record is written when done: a killed run keeps the finished methods
         upsampler, seconds, objective = upsampler_for(name, oracle, args)
-        model = TRAINED[name][0] if name in TRAINED else {"name": name, **TRAINING_FREE[name]}
+        trained = USES[name][0] if name in USES else name
+        model = TRAINED[trained][0] if trained in TRAINED else {"name": name, **TRAINING_FREE[name]}
+        label, ranked = row_label(name, args)
         scores = score(name, upsampler, oracle, args, {
-            "objective": objective, "train_seconds": seconds, "model": model, "training": setting,
-            "parameters": sum(p.numel() for p in upsampler.parameters())})
+            "objective": objective, "train_seconds": seconds, "model": model, "ranked": ranked,
+            "training": {**setting, "steps": training_steps(trained, args) if trained in TRAINED else 0,
+                         "native_steps": upsampler.native_steps},
+            "parameters": sum(p.numel() for p in upsampler.parameters())}, label=label)
         log.info("%-16s %s", name, "  ".join(f"{task} {headline(task, metrics)}" for task, metrics in scores.items()))
     env = environment(torch.device(args.device))
     for task in args.tasks:

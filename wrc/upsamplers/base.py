@@ -46,6 +46,8 @@ class Upsampler(nn.Module):
     scale: ClassVar[int | None] = None  # native factor per step; None = any output size
     needs_backbone: ClassVar[bool] = False  # backbone-in-the-loop methods (SRT, FeatUp-Implicit, ...)
     trainable: ClassVar[bool] = True
+    native_steps: int | None = None  # fixed-factor methods: at most this many steps, then one interpolation (a
+    # method used as its paper uses it, e.g. LiFT's single 2x step; None: as many as fit)
     any_backbone: ClassVar[bool] = False  # weights independent of the backbone's width and patch (NAF, AnyUp):
     # features of any channel count are read, and one checkpoint serves every backbone (patch_size is unused)
 
@@ -76,9 +78,10 @@ class Upsampler(nn.Module):
         size = self.default_output_size(features, image) if output_size is None else _check_size(output_size)
         if self.scale is None:
             return self.upsample_to(features, image, size, backbone)
-        out = features
-        while out.shape[-2] * self.scale <= size[0] and out.shape[-1] * self.scale <= size[1]:
-            out = self.upsample_step(out, image)
+        out, steps = features, 0
+        while (out.shape[-2] * self.scale <= size[0] and out.shape[-1] * self.scale <= size[1]
+               and (self.native_steps is None or steps < self.native_steps)):
+            out, steps = self.upsample_step(out, image), steps + 1
         return resize(out, size)
 
     def upsample_step(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
