@@ -15,6 +15,11 @@ from typing import Any
 from wrc import provenance
 
 
+class StaleRunError(ValueError):
+    """A run directory holds partial results of another run (other settings, upsampler, backbone or code): they are
+    never mixed with this run's. Callers that own the folder as a cache (the synthetic benchmark) start it over."""
+
+
 def plain(value: Any) -> Any:
     """The JSON form of ``value`` (tuples become lists, paths strings), as it will read back from disk."""
     return json.loads(json.dumps(value, default=str))

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.run_identity import identity_differences, plain, run_identity
+from evaluation.run_identity import StaleRunError, identity_differences, plain, run_identity
 from evaluation.synthetic.videos import write_davis_layout
 from evaluation.video.davis import DavisDataset
 from evaluation.video.jf import evaluate_results
@@ -121,7 +121,7 @@ def check_manifest(path: Path, identity: dict[str, Any]) -> bool:
         return True
     differences = identity_differences(json.loads(path.read_text()), identity)
     if differences:
-        raise ValueError(f"{path.parent} holds DAVIS results of another run ({'; '.join(differences)}): its "
+        raise StaleRunError(f"{path.parent} holds DAVIS results of another run ({'; '.join(differences)}): its "
                          "finished sequences would be mixed with these. Use another run_dir, or delete that folder "
                          "to start over")
     return False

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.run_identity import identity_differences, run_identity
+from evaluation.run_identity import StaleRunError, identity_differences, run_identity
 from evaluation.synthetic.discovery import write_discovery_dataset
 from evaluation.tokencut import datasets
 from evaluation.tokencut.metrics import box_iou, corloc, is_correct
@@ -134,7 +134,7 @@ class PredictionStore:
             differences = identity_differences(saved.get("identity", {}), self.identity)
             if differences:
                 other_code = any(d.startswith(("code.", "code:", "predictions_version:")) for d in differences)
-                raise ValueError(f"{path} holds predictions "
+                raise StaleRunError(f"{path} holds predictions "
                                  + ("made by other code" if other_code else "of another run")
                                  + f" ({'; '.join(differences)}): "
                                  + ("results of two code versions are not mixed; " if other_code else "")
