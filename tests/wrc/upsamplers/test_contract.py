@@ -13,6 +13,7 @@ from wrc.upsamplers import Upsampler, register_upsampler
 ALL = list_upsamplers()
 FAST = {  # per-method settings for the 3 x 5 token grid, at a unit-test budget
     "featup_implicit": {"steps": 5, "num_jitters": 8, "progress": False},  # per-image fits: a short budget
+    "upsample_anything": {"steps": 2},  # per-image fits: a short budget
     "naf": {"kernel": 3},  # 3 x 5 tokens are fewer than the 9 x 9 window (an error: tests/wrc/upsamplers/test_naf.py)
     "uplift": {"encoder_channels": [4, 8, 8, 12, 16], "decoder_channels": 20},  # full-resolution encoder: thinner
 }
