@@ -106,13 +106,13 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
-                raise ImportError("logger.tensorboard=true needs tensorboard: pip install 'wrc[tensorboard]'") from err
+                raise ImportError("logger.tensorboard=true needs tensorboard: pip install 'wrc-upsampling[tensorboard]'") from err
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if wandb:
             try:
                 import wandb as wandb_lib
             except ImportError as err:
-                raise ImportError("logger.wandb=true needs wandb: pip install 'wrc[wandb]'") from err
+                raise ImportError("logger.wandb=true needs wandb: pip install 'wrc-upsampling[wandb]'") from err
             self._wandb = wandb_lib.init(project=wandb_project, dir=str(self.run_dir), mode=wandb_mode, config=config,
                                          id=self._wandb_id(), resume="allow")
 
