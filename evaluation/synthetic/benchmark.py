@@ -63,6 +63,13 @@ TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own object
     "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),
     # the original's guidance pooling and final resize, beside the default (wrc/upsamplers/featup_jbu.py)
     "featup_jbu_paper": ({"name": "featup_jbu", "preset": "paper"}, MULTIVIEW),
+    # today's attention upsamplers, each with its own objective (the recipes' resolutions scaled to the scenes)
+    "jafar": ({"name": "jafar"}, {"name": "jafar_lowres"}),
+    "anyup": ({"name": "anyup"}, {"name": "anyup_crops"}),
+    # NAF trains at 2x from the half-size scene: 8 x 8 tokens, fewer than its 9 x 9 window (a stated deviation)
+    "naf": ({"name": "naf", "kernel": 7}, {"name": "naf_downscale"}),
+    "uplift": ({"name": "uplift"}, {"name": "uplift_multidepth"}),
+    "loftup": ({"name": "loftup"}, {"name": "loftup_stage1"}),
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
 }
@@ -87,6 +94,7 @@ TRAINING_FREE: dict[str, dict] = {  # name: kwargs ("name" selects another regis
     "nearest": {}, "bilinear": {}, "bicubic": {}, "srt": {"max_shift": 3},
     "srt_paper": {"name": "srt", "max_shift": 3, "preset": "paper"},  # the original's aggregate (srt.py)
     "strided": {}, "featup_implicit": {"num_jitters": 64, "progress": False}, "large_image": {},
+    "upsample_anything": {},
 }
 def training_config(model: dict, objective: dict, *, steps: int, image_size: int, batch_size: int, lr: float,
                     seed: int, device: str, run_dir: Path) -> dict[str, Any]:
