@@ -21,6 +21,8 @@ _EXPORTS = {
     "create_upsampler": "wrc.upsamplers",
     "list_upsamplers": "wrc.upsamplers",
     "register_upsampler": "wrc.upsamplers",
+    "TiledUpsampler": "wrc.tiling",
+    "tiled_upsample": "wrc.tiling",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from wrc.extractor import DenseFeatureExtractor as DenseFeatureExtractor
     from wrc.extractor import build_extractor as build_extractor
     from wrc.hub import push_to_hub as push_to_hub
+    from wrc.tiling import TiledUpsampler as TiledUpsampler
+    from wrc.tiling import tiled_upsample as tiled_upsample
     from wrc.upsamplers import Upsampler as Upsampler
     from wrc.upsamplers import create_upsampler as create_upsampler
     from wrc.upsamplers import list_upsamplers as list_upsamplers
