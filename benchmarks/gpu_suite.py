@@ -63,7 +63,11 @@ BENCHMARKS = (
     Benchmark("wrc_ops", 90, ("--quick",), ("--tiny",)),
     Benchmark("inference", 60, ("--batch", "1", "8"),
               ("--backbone", "test_vit", "--sizes", "64", "--repeat", "1", "--models", "bilinear", "lift", "wrc")),
+    Benchmark("wrc_speed", 60, (), ("--sizes", "56", "--repeat", "1", "--channels", "16")),
     Benchmark("adaptive_conv", 90, (), ("--shapes", "1,6,6,4,3", "--repeat", "1", "--memory-in-process")),
+    Benchmark("neighbourhood_attention", 90, (),
+              ("--sizes", "12", "16", "--reference-sizes", "16", "--tokens", "9", "--dim", "16", "--channels", "8",
+               "--heads", "2", "--kernel", "3", "--repeat", "1", "--memory-in-process")),
     Benchmark("training", 90, (), ("--steps", "4", "--image-size", "64", "--batch-size", "2", "--variants", "lift")),
     Benchmark("propagation", 45, (),
               ("--frames", "2", "--channels", "8", "--grid-scale", "0.2", "--repeat", "1", "--memory-in-process")),
@@ -71,6 +75,10 @@ BENCHMARKS = (
     Benchmark("implicit", 60, (), ("--backbone", "test_vit", "--sizes", "64", "--steps", "1", "--num-jitters", "4")),
     Benchmark("ncut", 45, ("--tokens", "196", "784", "3136", "--repeat", "2"), ("--tokens", "64", "--repeat", "1")),
     Benchmark("tiling", 45, (), None),
+    Benchmark("detection", 150, (),
+              ("--backbone", "test_vit", "--size", "64", "--proposals", "16", "--detections", "8", "--channels", "16",
+               "--variants", "tconv", "bilinear", "lift", "wrc", "--repeat", "1", "--warmup", "0",
+               "--memory-in-process")),
     Benchmark("quality", 120, ("--steps", "100"),
               ("--steps", "2", "--num-images", "1", "--image-size", "64", "--limit", "1")),
     Benchmark("peers", 150, ("--steps", "100", "--num-images", "8", "--implicit-steps", "50"),
@@ -79,7 +87,7 @@ BENCHMARKS = (
 )
 BUILD_BUDGET_S, TESTS_BUDGET_S, SMOKE_BUDGET_S = 240.0, 150.0, 120.0
 SMOKE_TESTS = "(test_gradcheck_float64 and not tap) or (test_parity_with_the_reference_fp32 and small)"
-CUSTOM_OPS = ("block_solve", "lr_spectral_solve", "decimate", "adaptive_conv")
+CUSTOM_OPS = ("block_solve", "lr_spectral_solve", "decimate", "adaptive_conv", "neighbourhood_attention")
 
 
 @dataclass
@@ -318,6 +326,8 @@ def op_of(module: str, name: str) -> str | None:
     """The custom op a test of tests/torch_wrc is about (by its module and name)."""
     if module.endswith("test_adaptive_conv_op"):
         return "adaptive_conv"
+    if module.endswith("test_neighbourhood_attention_op"):
+        return "neighbourhood_attention"
     if not module.endswith("test_wrc_ops"):
         return None
     if "spectral" in name:

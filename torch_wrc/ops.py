@@ -121,3 +121,31 @@ def _adaptive_conv_backward(ctx, grad):
 
 
 torch.library.register_autograd("wrc::adaptive_conv", _adaptive_conv_backward, setup_context=_save_input_and_filters)
+
+
+def _neighbourhood_attention_fake(q, k, v, kernel, heads, average_heads, scale):
+    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4)
+    torch._check(k.shape[:2] == q.shape[:2] and v.shape[0] == q.shape[0] and v.shape[2:] == k.shape[2:])
+    return q.new_empty(q.shape[0], v.shape[1], q.shape[2], q.shape[3])
+
+
+def _neighbourhood_attention_backward_fake(grad, q, k, v, kernel, heads, average_heads, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _save_attention_inputs(ctx, inputs, output) -> None:
+    """Only q, k and v are kept: the backward recomputes the weights."""
+    ctx.save_for_backward(*inputs[:3])
+    ctx.settings = inputs[3:]  # kernel, heads, average_heads, scale
+
+
+def _neighbourhood_attention_backward(ctx, grad):
+    grads = torch.ops.wrc._neighbourhood_attention_backward(grad.contiguous(), *ctx.saved_tensors, *ctx.settings)
+    return (*grads, None, None, None, None)
+
+
+if hasattr(torch.ops.wrc, "neighbourhood_attention"):  # absent from a library built before the op existed
+    torch.library.register_fake("wrc::neighbourhood_attention", _neighbourhood_attention_fake)
+    torch.library.register_fake("wrc::_neighbourhood_attention_backward", _neighbourhood_attention_backward_fake)
+    torch.library.register_autograd("wrc::neighbourhood_attention", _neighbourhood_attention_backward,
+                                    setup_context=_save_attention_inputs)

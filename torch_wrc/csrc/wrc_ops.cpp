@@ -33,4 +33,13 @@ TORCH_LIBRARY(wrc, m) {
   m.def("adaptive_conv(Tensor input, Tensor filters) -> Tensor");
   m.def("_adaptive_conv_input_grad(Tensor grad, Tensor filters) -> Tensor");
   m.def("_adaptive_conv_filter_grad(Tensor grad, Tensor input, int kernel_size) -> Tensor");
+  // Cross-scale neighbourhood attention (NAF, AnyUp): output pixel (y, x) of q (B,D,Ho,Wo) attends to the
+  // kernel x kernel tokens of k (B,D,h,w) / v (B,C,h,w) around its parent token, shifted inwards at the borders;
+  // heads split D, and either split C (average_heads = false) or average their weights; -> (B,C,Ho,Wo).
+  m.def(
+      "neighbourhood_attention(Tensor q, Tensor k, Tensor v, int kernel, int heads, bool average_heads, float scale)"
+      " -> Tensor");
+  m.def(
+      "_neighbourhood_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, int kernel, int heads,"
+      " bool average_heads, float scale) -> (Tensor, Tensor, Tensor)");
 }

@@ -8,8 +8,8 @@ Three neighbourhoods (shared/reference/modern_peers.md section 9.4-9.5):
   the output size (JAFAR's users run out of memory at 672 px on 48 GB without it);
 - a window that is a fraction of the image (AnyUp's mask, ``window_mask``), through the same global path;
 - the k x k tokens around each output pixel's parent token, shifted at the borders (cross-scale neighbourhood
-  attention: NAF, AnyUp's NATTEN option), ``neighbourhood_attention``: a gather over each token's window,
-  exact, O(N_out k^2) memory per chunk.
+  attention: NAF, AnyUp's NATTEN option), ``neighbourhood_attention`` from wrc.ops.neighbourhood_attention: the
+  fused torch_wrc op when built, else its pure-PyTorch gather reference.
 
 Heads: ``average_heads=True`` applies the mean of the heads' weights to all channels (JAFAR, AnyUp: one map per
 pixel serves every channel); False splits the channels into one group per head (NAF). Shapes are maps:
@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from wrc.ops.neighbourhood_attention import neighbourhood_attention, window_starts  # noqa: F401  (NAF, AnyUp)
 
 DEFAULT_CHUNK = 4096  # output pixels per chunk: (chunk x tokens x heads) logits at a time
 
@@ -101,57 +103,6 @@ def window_mask(output_size: tuple[int, int], grid: tuple[int, int], ratio: floa
         return (token >= low[:, None]) & (token < high[:, None])  # n_out, n_tokens
 
     return separable_mask(axis(ho, h), axis(wo, w))
-
-
-def window_starts(n_out: int, n_tokens: int, kernel: int) -> torch.Tensor:
-    """First token of each output position's window: its parent token floor(i * n_tokens / n_out) minus
-    kernel // 2, shifted into [0, n_tokens - kernel] at the borders (the window never shrinks)."""
-    parent = torch.arange(n_out) * n_tokens // n_out
-    return (parent - kernel // 2).clamp(0, n_tokens - kernel)
-
-
-def neighbourhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: int = 9, heads: int = 4, *,
-                            average_heads: bool = False, scale: float | None = None,
-                            chunk_rows: int | None = None) -> torch.Tensor:
-    """Each output pixel attends to the kernel x kernel tokens around its parent token (shifted at borders).
-
-    The pure-PyTorch reference (and fallback) of the fused op: keys and values are gathered per token window
-    once on the token grid, then indexed by each output row's parent, ``chunk_rows`` output rows at a time
-    (default: as many as keep the gathered keys near 64 MB). Odd kernels only; the grid needs >= kernel tokens
-    per side (NAF's 9 x 9 needs a 9 x 9 grid or larger).
-    """
-    _check_maps(q, k, v, heads, average_heads)
-    b, d, ho, wo = q.shape
-    h, w = k.shape[-2:]
-    if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"kernel must be odd and >= 1; got {kernel}")
-    if h < kernel or w < kernel:
-        raise ValueError(f"a {kernel} x {kernel} neighbourhood needs at least {kernel} tokens per side; the grid is "
-                         f"{h} x {w} (use a smaller kernel or a larger input)")
-    c, dh = v.shape[1], d // heads
-    scale = 1 / math.sqrt(dh) if scale is None else scale
-    taps = torch.arange(kernel, device=q.device)
-    rows = window_starts(ho, h, kernel).to(q.device)[:, None] + taps  # Ho, k
-    cols = window_starts(wo, w, kernel).to(q.device)[:, None] + taps  # Wo, k
-    keys = k.view(b, heads, dh, h, w)
-    values = v.view(b, 1, c, h, w) if average_heads else v.view(b, heads, c // heads, h, w)
-    if chunk_rows is None:
-        per_row = b * (d + values.shape[1] * values.shape[2]) * wo * kernel * kernel * q.element_size()
-        chunk_rows = max(1, (64 << 20) // max(per_row, 1))
-    out = q.new_empty(b, c, ho, wo)
-    for start in range(0, ho, chunk_rows):
-        r = rows[start:start + chunk_rows]  # n, k
-        window = (r[:, None, :, None], cols[None, :, None, :])  # -> n, Wo, k, k
-        key_win = keys[:, :, :, window[0], window[1]]  # B, heads, dh, n, Wo, k, k
-        query = q[:, :, start:start + chunk_rows].reshape(b, heads, dh, len(r), wo, 1, 1)
-        logits = (query * key_win).sum(dim=2).flatten(-2) * scale  # B, heads, n, Wo, k*k
-        weights = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(q.dtype)
-        if average_heads:
-            weights = weights.mean(dim=1, keepdim=True)  # B, 1, n, Wo, k*k
-        value_win = values[:, :, :, window[0], window[1]].flatten(-2)  # B, G, c_g, n, Wo, k*k
-        part = (weights.unsqueeze(2) * value_win).sum(dim=-1)  # B, G, c_g, n, Wo
-        out[:, :, start:start + chunk_rows] = part.reshape(b, c, len(r), wo)
-    return out
 
 
 def neighbourhood_mask(output_size: tuple[int, int], grid: tuple[int, int],
