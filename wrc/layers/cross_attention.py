@@ -24,23 +24,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from wrc.ops.neighbourhood_attention import neighbourhood_attention, window_starts  # noqa: F401  (NAF, AnyUp)
+from wrc.ops.neighbourhood_attention import (  # noqa: F401  (neighbourhood_attention: NAF, AnyUp)
+    check_attention_maps,
+    neighbourhood_attention,
+    window_starts,
+)
 
 DEFAULT_CHUNK = 4096  # output pixels per chunk: (chunk x tokens x heads) logits at a time
-
-
-def _check_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, average_heads: bool) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be a (B, channels, H, W) map; got shape {tuple(t.shape)}")
-    if q.shape[:2] != k.shape[:2]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} need the same batch and channels")
-    if v.shape[0] != k.shape[0] or v.shape[-2:] != k.shape[-2:]:
-        raise ValueError(f"v {tuple(v.shape)} must be on the keys' grid {tuple(k.shape[-2:])}")
-    if heads < 1 or q.shape[1] % heads:
-        raise ValueError(f"heads={heads} must divide the query/key channels {q.shape[1]}")
-    if not average_heads and v.shape[1] % heads:
-        raise ValueError(f"heads={heads} must divide the value channels {v.shape[1]} (average_heads=False)")
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -57,7 +47,7 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     ``mask(pixels)`` returns the (n_pixels, h * w) boolean mask of the output pixels ``pixels`` (a slice of the
     row-major output); every pixel must see at least one token. Runs through scaled_dot_product_attention.
     """
-    _check_maps(q, k, v, heads, average_heads)
+    check_attention_maps(q, k, v, heads, average_heads)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 output pixels; got {chunk}")
     b, d, ho, wo = q.shape

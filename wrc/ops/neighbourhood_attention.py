@@ -22,9 +22,9 @@ from wrc.ops.extension import extension_enabled
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def check_neighbourhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: int, heads: int,
-                                  average_heads: bool) -> None:
-    """Validate shapes and settings, naming the argument at fault."""
+def check_attention_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, average_heads: bool) -> None:
+    """q (B, D, Ho, Wo), k (B, D, h, w), v (B, C, h, w) and heads that divide them; names the argument at fault
+    (shared by every cross-space attention, wrc.layers.cross_attention)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must be a (B, channels, H, W) map; got shape {tuple(t.shape)}")
@@ -36,6 +36,12 @@ def check_neighbourhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         raise ValueError(f"heads={heads} must divide the query/key channels {q.shape[1]}")
     if not average_heads and v.shape[1] % heads:
         raise ValueError(f"heads={heads} must divide the value channels {v.shape[1]} (average_heads=False)")
+
+
+def check_neighbourhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: int, heads: int,
+                                  average_heads: bool) -> None:
+    """Validate shapes and settings, naming the argument at fault."""
+    check_attention_maps(q, k, v, heads, average_heads)
     if kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"kernel must be odd and >= 1; got {kernel}")
     h, w = k.shape[-2:]
