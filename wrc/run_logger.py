@@ -106,7 +106,8 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
-                raise ImportError("logger.tensorboard=true needs tensorboard: pip install 'wrc-upsampling[tensorboard]'") from err
+                raise ImportError("logger.tensorboard=true needs tensorboard: "
+                                  "pip install 'wrc-upsampling[tensorboard]'") from err
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if wandb:
             try:

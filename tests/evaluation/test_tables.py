@@ -44,13 +44,13 @@ def test_ranked_tables_put_the_best_first_by_its_direction(tmp_path):
 
 
 def test_rows_that_are_not_ranked_come_after_every_ranked_row(tmp_path):
+    metrics = {"rel_l2": 0.1, "cosine_2x": 0.9, "miou": 0.9, "boundary_f": 0.9}
     for name, cosine, ranked in (("a", 0.90, True), ("under budget", 0.99, False), ("c", 0.80, True)):
-        write_record(ResultRecord(protocol="synthetic", dataset={"name": "synthetic_scenes", "split": None,
-                                                                   "root": None},
-                                  backbone={"name": "oracle"}, resolution={},
-                                  upsampler={"name": "x", "kwargs": {}, "step": None, "label": name}, metrics={"cosine": cosine, "rel_l2": 0.1, "cosine_2x": 0.9,
-                                                       "miou": 0.9, "boundary_f": 0.9},
-                                  training={"ranked": ranked}), tmp_path / name.replace(" ", "_"))
+        record = ResultRecord(protocol="synthetic", dataset={"name": "synthetic_scenes", "split": None, "root": None},
+                              backbone={"name": "oracle"}, resolution={},
+                              upsampler={"name": "x", "kwargs": {}, "step": None, "label": name},
+                              metrics={"cosine": cosine, **metrics}, training={"ranked": ranked})
+        write_record(record, tmp_path / name.replace(" ", "_"))
     markdown, _ = build_table(collect([tmp_path]).records, "synthetic")
     assert [line.split(" | ")[0] for line in markdown.splitlines()[2:]] == ["| a", "| c", "| under budget"]
 

@@ -36,7 +36,8 @@ class Bottleneck(nn.Module):
                                           group_norm(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.shortcut(x))
+        out = self.body(x)
+        return out.add_(self.shortcut(x)).relu_()  # in place: the body's last GroupNorm does not need its output
 
 
 class GuidanceEncoder(nn.Module):
@@ -54,13 +55,57 @@ class GuidanceEncoder(nn.Module):
                                         Bottleneck(channels, channels, 2), Bottleneck(channels, channels))
         self.to_grid = nn.Sequential(Bottleneck(channels, channels, 2), Bottleneck(channels, channels))
 
-    def forward(self, image: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        quarter = self.to_quarter(self.stem(image))  # B, k, H/4, W/4
+    def forward(self, image: torch.Tensor, grid: tuple[int, int], mean: torch.Tensor | None = None,
+                std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image`` normalised, or raw with the (1, 3, 1, 1) ``mean`` and ``std`` of its normalisation, which
+        are then folded into the stem (``folded_stem``: the same result without the full-size passes)."""
+        stem = self.stem(image) if mean is None or std is None else folded_stem(self.stem, image, mean, std)
+        quarter = self.to_quarter(stem)  # B, k, H/4, W/4
         guide_2x = F.adaptive_max_pool2d(quarter, (2 * grid[0], 2 * grid[1]))  # B, k, 2h, 2w
         guide_1x = self.to_grid(guide_2x)  # B, k, h, w
         if guide_1x.shape[-2:] != tuple(grid):  # odd 2x sizes cannot happen; kept exact for safety
             guide_1x = F.adaptive_avg_pool2d(guide_1x, grid)
         return guide_2x, guide_1x
+
+
+def folded_stem(stem: nn.Sequential, image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """relu(GroupNorm(conv1x1((image - mean) / std))) as one per-sample 1x1 map + relu, the same up to rounding.
+
+    The conv is affine in the pixels, so each output channel's mean and variance follow from the image's mean
+    (3,) and covariance (3, 3) per sample: GroupNorm's statistics without a pass over the k-channel map, and
+    its affine folded into the conv weights. At 448 this saves the normalisation passes over the image and a
+    GroupNorm over a (k, 448, 448) map, the largest in the network. Statistics in fp64 (sums over H W pixels).
+    """
+    conv, norm = stem[0], stem[1]
+    b, _, height, width = image.shape
+    groups, eps, k = norm.num_groups, norm.eps, conv.out_channels
+    with torch.autocast(image.device.type, enabled=False):
+        weight = conv.weight.view(k, 3).double() / std.view(1, 3).double()  # acts on the raw image
+        bias = -(weight @ mean.view(3).double())  # k
+        pixels = image.double().permute(0, 2, 3, 1).reshape(b, height * width, 3)  # a view when channels-last
+        mu = pixels.mean(dim=1)  # b, 3
+        centred = pixels - mu[:, None]
+        cov = centred.transpose(1, 2) @ centred / (height * width)  # b, 3, 3 (population, as GroupNorm)
+        channel_mean = mu @ weight.t() + bias  # b, k
+        channel_var = torch.einsum("ci,bij,cj->bc", weight, cov, weight)  # b, k
+        group_mean = channel_mean.view(b, groups, -1).mean(-1, keepdim=True)
+        group_var = (channel_var.view(b, groups, -1) + (channel_mean.view(b, groups, -1) - group_mean).square())
+        rstd = (group_var.mean(-1, keepdim=True) + eps).rsqrt()  # b, groups, 1
+        scale = norm.weight.double().view(1, groups, -1) * rstd  # b, groups, k / groups
+        # applied to the centred image, so that no large shift cancels a large product in fp32
+        shift = norm.bias.double().view(1, groups, -1) + (channel_mean.view(b, groups, -1) - group_mean) * scale
+        dtype = image.dtype if image.dtype in (torch.float32, torch.float64) else torch.float32
+        weight_b = (scale.reshape(b, k, 1) * weight).to(dtype)  # b, k, 3
+        shift_b = shift.reshape(b, k, 1).to(dtype)
+        image = image.to(dtype) - mu.to(dtype).view(b, 3, 1, 1)  # a pass over 3 channels, not k
+        if image.shape[0] == 1 and not torch.compiler.is_compiling():  # the fastest on the CPU: one 1x1 conv
+            return F.conv2d(image, weight_b[0, :, :, None, None], shift_b[0, :, 0]).relu_()
+        # any batch (and traced graphs: no loop over a dynamic batch): a batched matmul, the shift as a fourth
+        # input channel of ones (baddbmm would first copy the broadcast shift into the output)
+        x = image.permute(0, 2, 3, 1).reshape(b, height * width, 3)
+        x = torch.cat([x, x.new_ones(b, height * width, 1)], dim=2)
+        out = torch.bmm(x, torch.cat([weight_b, shift_b], dim=2).transpose(1, 2))  # b, H W, k: channels-last
+    return out.view(b, height, width, k).permute(0, 3, 1, 2).relu_()
 
 
 def half_pixel_upsample(x: torch.Tensor, scale: int) -> torch.Tensor:

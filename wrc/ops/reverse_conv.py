@@ -249,13 +249,38 @@ def _check_weights(w_low: torch.Tensor, w_high: torch.Tensor) -> None:
 
 def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
                 w_high: torch.Tensor) -> torch.Tensor:
-    """(b) k = s, through the fused torch_wrc kernel when available, else ``block_solve_reference``."""
+    """(b) k = s with w_low, w_high broadcastable to y, z: the fused torch_wrc kernel on CUDA and when traced
+    (torch.compile / torch.export keep the op), ``block_solve_conv`` in eager CPU code (the fused kernel needs
+    every map expanded to every channel and contiguous: copies that cost more than the solve), and
+    ``block_solve_reference`` without the extension."""
     if y.dtype in _EXTENSION_DTYPES and extension_enabled(y.device):
+        if y.device.type == "cpu" and not torch.compiler.is_compiling():
+            return block_solve_conv(y, z, kernel, w_low, w_high)
         b, c = y.shape[:2]
         return torch.ops.wrc.block_solve(y.contiguous(), z.contiguous(), kernel.contiguous(),
                                          w_low.expand(b, c, *y.shape[-2:]).contiguous(),
                                          w_high.expand(b, c, *z.shape[-2:]).contiguous())
-    return block_solve_reference(y, z, kernel, w_low, w_high)
+    return block_solve_reference(y, z, kernel, w_low.expand_as(y), w_high.expand_as(z))
+
+
+def block_solve_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
+                     w_high: torch.Tensor) -> torch.Tensor:
+    """(b) written with the spatial operators: ``block_solve_reference``'s Sherman-Morrison step is
+
+        x = z + WH^-1 A^T g,   g = wL (y - A z) / (1 + wL A_sq(1 / wH)),
+
+    with A_sq the decimation by the squared kernel (kappa^T D^-1 kappa per block). Maps shared by all channels
+    (C = 1) stay one channel: A_sq of a one-channel map is one ordinary (C, 1, s, s) convolution, and WH^-1
+    broadcasts, so nothing is expanded to every channel. Any memory format (channels-last stays so)."""
+    s, c = kernel.shape[-1], y.shape[1]
+    inv_high = w_high.reciprocal()
+    kernel_sq = kernel.square()[:, None].to(y.dtype)  # C, 1, s, s
+    if inv_high.shape[1] == 1:
+        trust = F.conv2d(inv_high, kernel_sq, stride=s)  # B, C, h, w
+    else:
+        trust = F.conv2d(inv_high, kernel_sq, stride=s, groups=c)
+    gain = w_low * (y - apply_A_reference(z, kernel, s)) / (1 + w_low * trust)
+    return torch.addcmul(z, inv_high, apply_At_reference(gain, kernel, s))
 
 
 def block_solve_reference(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
@@ -418,6 +443,12 @@ def _pcg_backward(ctx, grad_x):
 pcg_solve.register_autograd(_pcg_backward, setup_context=_pcg_setup_context)
 
 
+def _spatial(weights: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Weights broadcastable to ``like`` (B, C, H, W) as (B, 1 | C, H, W): the channel axis is not expanded."""
+    weights = weights.reshape((1,) * (4 - weights.ndim) + tuple(weights.shape))
+    return weights.expand(like.shape[0], weights.shape[1], *like.shape[-2:])
+
+
 def weighted_reverse_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, scale: int, w_low: torch.Tensor,
                           w_high: torch.Tensor, *, padding: int = 2, padding_mode: str = "replicate",
                           iterations: int = 50, tol: float = 1e-6) -> torch.Tensor:
@@ -444,11 +475,11 @@ def weighted_reverse_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor
     dtype = torch.promote_types(y.dtype, torch.float32)
     with torch.autocast(y.device.type, enabled=False):
         y, z, kernel = y.to(dtype), z.to(dtype), kernel.to(dtype)
-        w_low = w_low.to(dtype).expand_as(y)
-        w_high = w_high.to(dtype).expand_as(z)
-        _check_weights(w_low, w_high)
-        if k == scale:
-            return block_solve(y, z, kernel, w_low, w_high)
+        w_low, w_high = w_low.to(dtype), w_high.to(dtype)
+        _check_weights(w_low, w_high)  # before expanding: maps shared by all channels are read once, not C times
+        if k == scale:  # maps shared by all channels stay one channel
+            return block_solve(y, z, kernel, _spatial(w_low, y), _spatial(w_high, z))
+        w_low, w_high = w_low.expand_as(y), w_high.expand_as(z)
         cells = padding * scale
         y, w_low = _pad(y, padding, padding_mode), _pad(w_low, padding, padding_mode)
         z, w_high = _pad(z, cells, padding_mode), _pad(w_high, cells, padding_mode)

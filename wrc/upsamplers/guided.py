@@ -33,6 +33,8 @@ from wrc.layers.blocks import Bottleneck, GuidanceEncoder, fused_width, half_pix
 from wrc.layers.guidance import GuidanceNormalize
 from wrc.upsamplers.base import Upsampler
 
+CL = torch.channels_last
+
 
 class GuidedReverseNet(Upsampler):
     """Base for the guided 2x networks; subclasses build the upsampling layer in ``make_layer``.
@@ -67,6 +69,12 @@ class GuidedReverseNet(Upsampler):
         if feature_skip:  # near zero, not zero: the output starts at bilinear and every layer gets gradients
             nn.init.normal_(self.head.weight, std=1e-3)
             nn.init.zeros_(self.head.bias)
+        # conv weights channels-last like the activations after the encoder (upsample_step): no reorder of every
+        # weight on every call; values and state_dict keys unchanged, and load_state_dict copies into this layout.
+        # The encoder stays NCHW: PyTorch's channels-last GroupNorm accumulates its statistics less accurately
+        # (3e-5 off at 224 x 224 x 32, against 7e-7 in NCHW), enough to move outputs by 2e-5 (tests/wrc/test_export).
+        self.to(memory_format=CL)
+        self.encoder.to(memory_format=torch.contiguous_format)
 
     def make_layer(self, channels: int, guide_channels: int, **kwargs) -> nn.Module:
         raise NotImplementedError
@@ -89,6 +97,10 @@ class GuidedReverseNet(Upsampler):
         guide_size = (h * self.patch_size, w * self.patch_size)
         if image.shape[-2:] != guide_size:  # the guidance at this step's scale
             image = F.interpolate(image, size=guide_size, mode="bilinear", align_corners=False, antialias=True)
+        # channels-last after the encoder: oneDNN's convolutions then skip a layout reorder of every input/output
+        features = features.contiguous(memory_format=CL)
+        # (the encoder can fold the normalisation into its stem, GuidanceEncoder(image, grid, mean, std): as exact,
+        # but its different rounding moves outputs of randomised networks by ~1e-5, so it is not the default)
         guide_2x, guide_1x = self.encoder(self.normalize(image), (h, w))
         y = self.fuse(torch.cat([features, guide_1x], dim=1))  # B, C', h, w
         z = half_pixel_upsample(y, 2)  # B, C', 2h, 2w: the prior, on the solve's geometry
@@ -99,5 +111,5 @@ class GuidedReverseNet(Upsampler):
         if self.feature_skip:
             out = out + half_pixel_upsample(features, 2)
         if self.output_solver is None:
-            return out
-        return self.solve_output(features, out, guide_1x, guide_2x).to(out.dtype)
+            return out.contiguous()
+        return self.solve_output(features, out, guide_1x, guide_2x).to(out.dtype).contiguous()

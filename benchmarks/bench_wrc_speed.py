@@ -1,0 +1,83 @@
+"""WRC's upsampler time before and after issue 17 ("Speed on the CPU"), as ratios to LiFT measured in one process.
+
+    python -m benchmarks.bench_wrc_speed [--device cpu] [--sizes 224 448] [--repeat 15] [--channels 384]
+
+DINOv2 ViT-S/14 shapes (C = 384, patch 14, grid = image / 14 -> 2x), batch 1, random weights (they cost what
+trained ones cost). Each round calls LiFT, the old WRC forward (benchmarks/wrc_speed_reference.py, frozen) and
+the current one once each, interleaved, so that a loaded machine slows all three alike; the table gives medians
+and each one's ratio to LiFT's median, and checks that old and new outputs agree (max |new - old|).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import publish, synchronize
+from benchmarks.wrc_speed_reference import upsample_step as reference_step
+from wrc.upsamplers.base import create_upsampler
+
+
+def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, patch: int) -> list[dict]:
+    torch.manual_seed(0)
+    wrc = create_upsampler("wrc", channels, patch).to(device).eval()
+    lift = create_upsampler("lift", channels, patch).to(device).eval()
+    # the old code's layout too: the current model keeps its conv weights channels-last
+    wrc_before = copy.deepcopy(wrc).to(memory_format=torch.contiguous_format)
+    rows = []
+    for size in sizes:
+        grid = size // patch
+        features = torch.randn(1, channels, grid, grid, device=device)
+        image = torch.rand(1, 3, size, size, device=device)
+        calls = {"lift": lambda f=features, i=image: lift(f, i),
+                 "wrc_before": lambda f=features, i=image: reference_step(wrc_before, f, i),
+                 "wrc_after": lambda f=features, i=image: wrc(f, i)}
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        with torch.inference_mode():
+            max_diff = (calls["wrc_after"]() - calls["wrc_before"]()).abs().max().item()
+            for _ in range(2):  # warm-up
+                for call in calls.values():
+                    call()
+            for _ in range(repeat):
+                for name, call in calls.items():
+                    synchronize(device)
+                    start = time.perf_counter()
+                    call()
+                    synchronize(device)
+                    times[name].append((time.perf_counter() - start) * 1e3)
+        lift_ms = statistics.median(times["lift"])
+        for name, ts in times.items():
+            ms = statistics.median(ts)
+            rows.append({"model": name, "image_size": size, "grid": [grid, grid], "median_ms": ms,
+                         "vs_lift": ms / lift_ms, "repeat": repeat, "max_abs_diff_vs_before": max_diff})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 448])
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--channels", type=int, default=384, help="feature width (384: DINOv2 ViT-S/14)")
+    parser.add_argument("--patch", type=int, default=14)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rows = bench(device, args.sizes, args.repeat, args.channels, args.patch)
+    lines = [f"C={args.channels}, patch {args.patch}, batch 1, 2x; {torch.get_num_threads()} threads. Medians of "
+             f"{args.repeat} interleaved rounds (LiFT, WRC before, WRC after), ratios to LiFT's median in the same "
+             "run. The machine was shared and loaded (load average ~7 on 2 cores while this ran): absolute ms are "
+             "not comparable across runs, the ratios are the result.", "",
+             "| model | image | grid | median ms | x LiFT | max abs diff after vs before |",
+             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['image_size']} | {r['grid'][0]}x{r['grid'][1]} | {r['median_ms']:.1f} | "
+                     f"{r['vs_lift']:.2f} | {r['max_abs_diff_vs_before']:.1e} |")
+    publish(f"wrc_speed_{device.type}", device, rows, lines, channels=args.channels, patch=args.patch)
+
+
+if __name__ == "__main__":
+    main()
