@@ -135,21 +135,25 @@ def test_fine_tuning_path_gives_the_frozen_features_with_gradients(test_vit):
     assert vit.model.blocks[0].attn.qkv.weight.grad is not None
 
 
-def training_step(detector: nn.Module) -> dict[str, torch.Tensor]:
-    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+def training_step(detector: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:
+    masks = torch.zeros(1, size, size, dtype=torch.uint8)
     masks[0, 10:40, 12:50] = 1
     target = {"boxes": torch.tensor([[12.0, 10, 50, 40]]), "labels": torch.tensor([1]), "masks": masks}
     detector.train()
-    losses = detector([torch.rand(3, 64, 64)], [target])
+    losses = detector([torch.rand(3, size, size)], [target])
     sum(losses.values()).backward()
     return losses
 
 
+IMAGE_SIZE = {"naf": 160}  # NAF's 9 x 9 neighbourhood needs >= 9 x 9 tokens (patch 16: 144 px)
+
+
 @pytest.mark.parametrize("pyramid", ["tconv", *(n for n in list_upsamplers() if n not in SLOW)])
 def test_every_pyramid_variant_builds_and_trains_a_step(pyramid, test_vit):
+    size = IMAGE_SIZE.get(pyramid, 64)
     model = DetectorModel.from_mapping({"pyramid": pyramid, "freeze": "backbone", **TINY})
-    detector = make_detector(model, test_vit, CategoryMap((1, 2)), 64)
-    losses = training_step(detector)
+    detector = make_detector(model, test_vit, CategoryMap((1, 2)), size)
+    losses = training_step(detector, size)
     assert all(torch.isfinite(v) for v in losses.values())
     head = detector.roi_heads.box_predictor.cls_score.weight
     assert head.grad is not None and head.grad.abs().sum() > 0
