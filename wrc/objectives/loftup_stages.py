@@ -352,4 +352,4 @@ class LoftUpStage2(MultiviewTerms):
         tv = total_variation(hr)
         total = self.hr_weight * affinity + self.reconstruction_weight * reconstruction + self.tv_weight * tv
         return {"loss": total, "loss_affinity": affinity.detach(), "loss_reconstruction": reconstruction.detach(),
-                "loss_tv": tv.detach(), "student_size": torch.tensor(float(size))}
+                "loss_tv": tv.detach()}
