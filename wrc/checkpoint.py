@@ -146,21 +146,24 @@ def _safetensors_problem(path: Path) -> str | None:
     return None if size == expected else f"{path.name} has {size} bytes where its header promises {expected}"
 
 
-def checkpoint_problem(directory: Path) -> str | None:
-    """Why ``directory`` is not a complete checkpoint, or None when it is (cheap checks: sizes and headers)."""
+def checkpoint_problem(directory: Path, weights: str = WEIGHTS, meta_name: str = META) -> str | None:
+    """Why ``directory`` is not a complete checkpoint, or None when it is (cheap checks: sizes and headers).
+
+    ``weights`` and ``meta_name`` name the safetensors + JSON pair (other checkpoints written the same way, e.g.
+    the detector's, name theirs)."""
     directory = Path(directory)
     if not directory.is_dir():
         return "missing"
-    for name in (WEIGHTS, META):
+    for name in (weights, meta_name):
         if not (directory / name).is_file():
             return f"incomplete ({name} missing)"
     try:
-        meta = json.loads((directory / META).read_text())
+        meta = json.loads((directory / meta_name).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        return f"incomplete ({META} does not parse: {err})"
+        return f"incomplete ({meta_name} does not parse: {err})"
     if not isinstance(meta, dict):
-        return f"incomplete ({META} is not a JSON object)"
-    problem = _safetensors_problem(directory / WEIGHTS)
+        return f"incomplete ({meta_name} is not a JSON object)"
+    problem = _safetensors_problem(directory / weights)
     if problem is not None:
         return f"incomplete ({problem})"
     state = directory / TRAIN_STATE
@@ -178,24 +181,26 @@ def _read_pointer(pointer: Path) -> str | None:
     return name if name and "/" not in name and name not in (".", "..") else None
 
 
-def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+def latest_checkpoint(checkpoints_dir: Path, problem: Callable[[Path], str | None] | None = None) -> Path | None:
     """The newest complete checkpoint directory under ``checkpoints_dir``, or None.
 
     LATEST decides when the checkpoint it names is complete; when LATEST is missing or names a deleted or
-    incomplete step, the newest complete ``step_*`` directory is used, with a warning saying so.
+    incomplete step, the newest complete ``step_*`` directory is used, with a warning saying so. ``problem``
+    judges completeness (default: ``checkpoint_problem``, the upsampler's pair).
     """
+    judge = problem or checkpoint_problem
     checkpoints_dir = Path(checkpoints_dir)
     pointer = checkpoints_dir / LATEST
     named = _read_pointer(pointer) if pointer.is_file() else None
     if named is not None:
-        problem = checkpoint_problem(checkpoints_dir / named)
-        if problem is None:
+        named_problem = judge(checkpoints_dir / named)
+        if named_problem is None:
             return checkpoints_dir / named
-        reason = f"{pointer} names {named}, which is {problem}"
+        reason = f"{pointer} names {named}, which is {named_problem}"
     else:
         reason = f"{pointer} is {'unreadable' if pointer.exists() else 'missing'}"
     steps = step_directories(checkpoints_dir)
-    fallback = next((p for p in reversed(steps) if checkpoint_problem(p) is None), None)
+    fallback = next((p for p in reversed(steps) if judge(p) is None), None)
     if fallback is not None:
         log.warning("%s: using %s, the newest complete step_* directory", reason, fallback.name)
     elif steps or pointer.exists():

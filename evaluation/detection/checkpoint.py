@@ -16,14 +16,13 @@ import os
 import secrets
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from wrc import checkpoint as shared
 from wrc.checkpoint import LATEST, atomic_write_text, current_umask, fsync_directory, step_directories
 
 WEIGHTS, META, TRAIN_STATE, BACKBONE = "detector.safetensors", "detector.json", "train_state.pt", "backbone.safetensors"
@@ -32,32 +31,14 @@ PARTS = {"vit": "backbone.vit.", "upsampler": "backbone.pyramid.upsampler."}  # 
 
 
 def checkpoint_problem(directory: Path) -> str | None:
-    """Why ``directory`` is not a complete detector checkpoint (None: it is)."""
-    if not directory.is_dir():
-        return "missing"
-    for name in (WEIGHTS, META):
-        if not (directory / name).is_file():
-            return f"incomplete ({name} missing)"
-    try:
-        json.loads((directory / META).read_text())
-        with safe_open(str(directory / WEIGHTS), "pt"):
-            pass
-    except Exception as err:  # noqa: BLE001 (any unreadable file makes the checkpoint incomplete)
-        return f"unreadable ({type(err).__name__}: {err})"
-    state = directory / TRAIN_STATE
-    if state.exists() and not zipfile.is_zipfile(state):
-        return f"incomplete ({TRAIN_STATE} is not a whole torch archive)"
-    return None
+    """Why ``directory`` is not a complete detector checkpoint (None: it is): the upsampler checkpoints' checks
+    (wrc.checkpoint) on the detector's file names."""
+    return shared.checkpoint_problem(directory, weights=WEIGHTS, meta_name=META)
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     """The checkpoint LATEST names when it is complete, else the newest complete ``step_*`` folder, else None."""
-    pointer = Path(checkpoints) / LATEST
-    if pointer.is_file():
-        named = Path(checkpoints) / pointer.read_text().strip()
-        if pointer.read_text().strip() and checkpoint_problem(named) is None:
-            return named
-    return next((p for p in reversed(step_directories(checkpoints)) if checkpoint_problem(p) is None), None)
+    return shared.latest_checkpoint(checkpoints, problem=checkpoint_problem)
 
 
 def resolve(path: str | os.PathLike) -> Path:
