@@ -7,6 +7,7 @@ A new protocol is picked up by these tests from the registry; it only has to add
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -55,6 +56,29 @@ def test_protocol_runs_end_to_end_and_writes_a_valid_record(name, tmp_path, test
     assert saved.code_version["version"] and saved.command and saved.device
     markdown, _ = build_table([saved], name)
     assert "| bilinear |" in markdown
+
+
+# Today's attention upsamplers, each through every protocol: at its defaults, except where the fake data is too small
+# for it or the default costs minutes (their full-size behaviour is tested in tests/wrc/upsamplers).
+MODERN_PEERS = {
+    "jafar": {}, "anyup": {}, "loftup": {}, "uplift": {},
+    "naf": {"kernel": 1},  # the fakes' token grids are 2-4 a side; NAF's 9 x 9 window needs >= 9
+    "upsample_anything": {"steps": 2},  # test-time fitting, 51 steps per image by default
+}
+
+
+@pytest.mark.parametrize("method", MODERN_PEERS)
+@pytest.mark.parametrize("name", list_protocols())
+def test_every_modern_peer_runs_through_every_protocol(name, method, tmp_path, test_vit):
+    protocol = get_protocol(name)
+    settings = protocol.settings(FAKE_SETTINGS[name](tmp_path))
+    backbone = protocol.make_backbone(settings) or test_vit
+    extractor = build_extractor(backbone, {"name": method, **MODERN_PEERS[method]})
+    record = evaluate(protocol, extractor, settings, tmp_path / "run")
+    assert record.upsampler["name"] == method and record.upsampler["kwargs"] == MODERN_PEERS[method]
+    for metric in protocol.table.headline:
+        assert isinstance(record.metrics[metric], float) and math.isfinite(record.metrics[metric]), metric
+    assert f"| {method} |" in build_table([record], name)[0]
 
 
 @pytest.mark.parametrize("name", list_protocols())
