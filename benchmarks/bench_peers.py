@@ -7,8 +7,10 @@ The quickstart setting (benchmarks/configs/quickstart.json: test_vit with random
 scenes, batch 8; 224 px unless --image-size says otherwise: FeatUp's objective works on the pixel
 grid, several seconds per step at 224 on two CPU cores). Each learned method is trained by its own
 objective for the same number of steps and seed: WRC (wrc_multicrop), LiFT (lift_multiscale),
-FeatUp-JBU, resize-conv and transposed conv (featup_multiview, as FeatUp trained its baselines).
-Training-free methods run as they are: bilinear, SRT (49 views), strided, FeatUp-Implicit (a short
+FeatUp-JBU, resize-conv and transposed conv (featup_multiview, as FeatUp trained its baselines), and
+today's attention upsamplers (JAFAR jafar_lowres, AnyUp anyup_crops, NAF naf_downscale, UPLiFT
+uplift_multidepth, LoftUp loftup_stage1).
+Training-free methods run as they are: bilinear, SRT (49 views), strided, Upsample Anything, FeatUp-Implicit (a short
 per-image fit: the full 1200 steps take minutes per image on a CPU), and "large image", which at 2x
 is exactly the fidelity target (an upper bound, not a competitor). Fidelity
 (the fidelity protocol, evaluation/protocols/fidelity.py) is measured against the backbone on the 2x larger image.
@@ -28,6 +30,7 @@ from evaluation.report import figure_rows
 from utils.visualization import save_figure
 from wrc.extractor import DenseFeatureExtractor, build_extractor
 
+QUICKSTART_PATCH = 16  # the test ViT's
 MULTIVIEW = {"name": "featup_multiview", "num_jitters": 5, "max_pad": 20, "max_zoom": 2.0}
 LEARNED = {  # name: (model config, objective config)
     "wrc": (QUICKSTART["model"], QUICKSTART["objective"]),
@@ -35,11 +38,24 @@ LEARNED = {  # name: (model config, objective config)
     "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
+    # today's attention upsamplers, each with its own objective (NAF's window: naf_kernel below)
+    "jafar": ({"name": "jafar"}, {"name": "jafar_lowres"}),
+    "anyup": ({"name": "anyup"}, {"name": "anyup_crops"}),
+    "naf": ({"name": "naf"}, {"name": "naf_downscale"}),
+    "uplift": ({"name": "uplift"}, {"name": "uplift_multidepth"}),
+    "loftup": ({"name": "loftup"}, {"name": "loftup_stage1"}),
 }
 FREE = {  # training-free: name -> settings (featup_implicit's steps come from --implicit-steps)
     "bilinear": {}, "srt": {"max_shift": 3}, "strided": {},
-    "featup_implicit": {"num_jitters": 128, "progress": False}, "large_image": {},
+    "featup_implicit": {"num_jitters": 128, "progress": False}, "large_image": {}, "upsample_anything": {},
 }
+
+
+def naf_kernel(image_size: int, patch_size: int) -> int:
+    """NAF's window (9 x 9 tokens in the paper) shrunk to the largest odd size its training input has: it trains at
+    2x from the half-size image, 4 x 4 tokens of the 16-px test ViT at 128 px."""
+    tokens = image_size // 2 // patch_size
+    return max(1, min(9, tokens if tokens % 2 else tokens - 1))
 
 
 def main() -> None:
@@ -58,6 +74,8 @@ def main() -> None:
     extractors, seconds = {}, {}
     backbone = None
     for name, (model, objective) in ((n, LEARNED[n]) for n in LEARNED if n in args.methods):
+        if name == "naf":
+            model = {**model, "kernel": naf_kernel(args.image_size, QUICKSTART_PATCH)}
         backbone, upsampler, seconds[name] = train_variant({"model": model, "objective": objective},
                                                            args.steps, args.device, args.image_size)
         extractors[name] = DenseFeatureExtractor(backbone, upsampler)
@@ -70,7 +88,8 @@ def main() -> None:
                    "parameters": sum(q.numel() for q in extractor.upsampler.parameters())}
             for name, extractor in extractors.items()}
     notes = {"large_image": " (= the target at 2x: upper bound)",
-             "featup_implicit": f" ({args.implicit_steps} fitting steps per image)"}
+             "featup_implicit": f" ({args.implicit_steps} fitting steps per image)",
+             "naf": f" ({naf_kernel(args.image_size, QUICKSTART_PATCH)}-token window)"}
     lines = [f"Quickstart setting (test_vit with random weights, generated scenes, {args.image_size} px), learned "
              "methods trained "
              f"{args.steps} steps each with their own objective, same seed; fidelity on {len(images)} held-out "
