@@ -14,6 +14,7 @@ changes, unless ``resume_allow_changes=true``; then the run's old config.json is
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -83,8 +84,28 @@ class TrainStep(nn.Module):
         self.upsampler, self.objective = upsampler, objective
         self._backbone = (backbone,)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.objective(self._backbone[0], self.upsampler, images)
+    def forward(self, images: torch.Tensor, **extras: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``extras``: what the data delivers beside the images (``masks``) for objectives that take it."""
+        return self.objective(self._backbone[0], self.upsampler, images, **extras)
+
+
+DATA_EXTRAS = ("masks",)  # per-image tensors a dataset may deliver beside the images, passed to the objective
+
+
+def check_data_extras(dataset: object, objective: Objective) -> None:
+    """Masks from the data need an objective that takes them, and an objective with a mask term needs masks: said
+    before training starts, not as an error from inside the first step."""
+    delivers = bool(getattr(dataset, "delivers_masks", False))
+    takes = "masks" in inspect.signature(objective.forward).parameters
+    if delivers and not takes:
+        raise ValueError(f"data.masks_root is set but objective={objective.name} takes no masks (LoftUp's "
+                         "loftup_stage1 and loftup_stage2 do): unset data.masks_root or choose one of those")
+    if getattr(objective, "uses_masks", False) and not delivers:
+        raise ValueError(f"objective={objective.name} has a mask term (objective.mask_weight > 0) but the data "
+                         "delivers no masks: pass data.masks_root=<folder of SA-1B mask JSONs mirroring data.root> "
+                         "(data=image_folder), or objective.mask_weight=0")
+    if delivers and takes and not getattr(objective, "uses_masks", True):
+        log.warning("data.masks_root is set but objective.mask_weight is 0: the masks are loaded and not used")
 
 
 def seed_everything(seed: int) -> None:
@@ -242,6 +263,7 @@ def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[st
     if not upsampler.trainable or not any(p.requires_grad for p in upsampler.parameters()):
         raise ValueError(f"model={upsampler.name} has no parameters to train; choose a learned model (model=lift)")
     objective = build_objective(config["objective"])
+    check_data_extras(dataset, objective)
     objective.setup(backbone)
     objective.to(ctx.device)
     step_module: nn.Module = TrainStep(backbone, upsampler, objective)
@@ -309,8 +331,9 @@ def _train_in(run_dir: Path, resume: str, settings: RunSettings, config: dict[st
             batch = next(data_iter)
             skipped_total += batch["num_skipped"]
             images = batch["image"].to(ctx.device, non_blocking=True)
+            extras = {key: batch[key].to(ctx.device, non_blocking=True) for key in DATA_EXTRAS if key in batch}
             with autocast:
-                losses = step_module(images)
+                losses = step_module(images, **extras)
             loss = losses["loss"]
             if ctx.any_true(not torch.isfinite(loss).item()):
                 terms = {k: float(v.detach()) for k, v in losses.items()}

@@ -17,9 +17,10 @@ when training starts (the upstream fix: the indexed script dropped the teacher w
 SAM masks. Both stages use precomputed SAM masks (SA-1B ships them): stage 1 regresses the prediction on the
 bicubically upsampled features with each mask's pixels pulled 80 % toward the mask mean (``mask_weight`` 1 in the
 paper), stage 2 refines the teacher's output the same way with 50 %. ``forward(..., masks=)`` takes them as a
-(B, M, H, W) map per image (value > 0 inside, later masks overwrite earlier ones, padding masks all zero); the
-framework's data pipeline does not deliver masks yet, so the terms default to weight 0 (logged at setup) and asking
-for them without masks is an error.
+(B, M, H, W) map per image (value > 0 inside, later masks overwrite earlier ones, padding masks all zero), which
+the image-folder data delivers from SA-1B's mask files with ``data.masks_root`` (wrc.data.masks: each mask through the
+image's crop). Without masks the terms have weight 0 (the default, logged at setup); a mask weight without masks is
+an error before training starts.
 
 Where the framework differs: jitters zoom in [1, 1 + max_zoom] (FeatUp's jitter) where LoftUp draws a zoom in
 [0.9, 1.1] per axis; the random projection is drawn per jitter; the teacher's output is resized to the student's
@@ -138,9 +139,12 @@ class MultiviewTerms(Objective):
 
     def setup(self, backbone: FrozenBackbone) -> None:
         self.downsampler = BlurredAttentionDownsampler(backbone.embed_dim, backbone.patch_size, self.blur)
-        if not self.uses_masks:
-            log.info("%s: the SAM-mask term is off (weight 0): LoftUp trains with SA-1B's masks, which this data "
-                     "pipeline does not deliver", self.name)
+        if self.uses_masks:
+            log.info("%s: the SAM-mask term is on (weight %g, alpha %g) with the masks of data.masks_root", self.name,
+                     self.mask_weight, self.mask_alpha)
+        else:
+            log.info("%s: the SAM-mask term is off (weight 0): LoftUp trains with SA-1B's masks; to use them pass "
+                     "data.masks_root=<folder of SA-1B mask JSONs> objective.mask_weight=1", self.name)
 
     @property
     def uses_masks(self) -> bool:
@@ -149,7 +153,8 @@ class MultiviewTerms(Objective):
     def check_masks(self, masks: torch.Tensor | None) -> None:
         if self.uses_masks and masks is None:
             raise ValueError(f"objective {self.name!r} has a SAM-mask term (mask_weight={self.mask_weight}) but no "
-                             "masks were given: pass forward(..., masks=) or set objective.mask_weight=0")
+                             "masks were given: pass data.masks_root=<folder of SA-1B mask JSONs> (forward(..., "
+                             "masks=) in code) or set objective.mask_weight=0")
 
     def reconstruction(self, backbone: FrozenBackbone, hr: torch.Tensor, images: torch.Tensor,
                        scale_net: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +188,7 @@ class LoftUpStage1(MultiviewTerms):
     projection_dim: random projection size (LoftUp: 64).
     blur: box blur before the attention downsampler, in pixels (LoftUp: 5).
     tv_weight: total variation of the first view's projected squared norm (LoftUp's command: 0.001).
-    mask_weight: the SAM-mask term (LoftUp: 1 with SA-1B masks; 0 here by default: no masks in the pipeline).
+    mask_weight: the SAM-mask term (LoftUp: 1 with SA-1B masks; 0 by default: masks need data.masks_root).
     mask_alpha: the mask mean's share in the pseudo-target (LoftUp: 0.8).
     """
 
