@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setting = {"steps": args.steps, "train_scenes": args.train_scenes, "batch_size": args.batch_size, "lr": args.lr,
-               "implicit_steps": args.implicit_steps}
+               "implicit_steps": args.implicit_steps, "seed": args.seed}
     score("ground_truth", GroundTruth(oracle.embed_dim, oracle.patch_size), oracle, args,
           {"objective": "-", "train_seconds": 0.0, "parameters": 0, "training": setting})
     for name in args.methods:  # each record is written when done: a killed run keeps the finished methods
