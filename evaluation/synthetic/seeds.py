@@ -7,8 +7,9 @@ Each folder holds one training seed's records (``python -m evaluation.synthetic 
 the same generated test data (``--data-seed``), so the spread is the methods' own: initialisation, data order,
 augmentation and the probe. Per method, task and metric: the mean and the sample standard deviation over the seeds
 that scored it (n). A claim "A beats B on m" is made only where both have the same n >= 2 seeds, both rows are
-ranked (not under budget, not outside the paper's regime, not a reference: ground_truth, large_image), and the gap of the means exceeds twice the larger of the two spreads; it is marked "in every seed" where A
-also beats B in each seed separately (the claims the CI ranking test may assert). The folders' own tables
+ranked (not under budget, not outside the paper's regime, not a reference: ground_truth, large_image), and the gap
+of the means exceeds twice the larger of the two spreads; it is marked "in every seed" where A also beats B in each
+seed separately (the claims the CI ranking test may assert). The folders' own tables
 (``<folder>/<protocol>.md``) stay one seed each.
 """
 
@@ -111,8 +112,11 @@ def report(folders: list[Path], protocol: str) -> tuple[str, dict]:
     rank_by = spec.rank_by if spec.rank_by in metrics else metrics[0]
     order = spec.column(rank_by)
     sign = -1.0 if order.higher_is_better else 1.0
-    rows = sorted(table, key=lambda n: (n not in ranked and n not in REFERENCES, sign * table[n][rank_by].mean if rank_by in table[n]
-                                        else float("inf")))
+    def position(name: str) -> tuple[bool, float]:  # best first; rows that are not ranked (references aside) last
+        score = sign * table[name][rank_by].mean if rank_by in table[name] else float("inf")
+        return name not in ranked and name not in REFERENCES, score
+
+    rows = sorted(table, key=position)
     md = ["| upsampler | n | " + " | ".join(f"{m} {'↑' if spec.column(m).higher_is_better else '↓'}"
                                              for m in metrics) + " |",
           "| --- | ---: |" + " ---: |" * len(metrics)]
