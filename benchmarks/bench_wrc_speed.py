@@ -5,13 +5,16 @@
 DINOv2 ViT-S/14 shapes (C = 384, patch 14, grid = image / 14 -> 2x), batch 1, random weights (they cost what
 trained ones cost). Each round calls LiFT, the old WRC forward (benchmarks/wrc_speed_reference.py, frozen) and
 the current one once each, interleaved, so that a loaded machine slows all three alike; the table gives medians
-and each one's ratio to LiFT's median, and checks that old and new outputs agree (max |new - old|).
+and each one's ratio to LiFT's median, and checks that old and new outputs agree (max |new - old|). A last row per
+size gives the time WRC spends in its convolutions alone against LiFT's whole forward (profiled): the floor of any
+speed-up outside the convolution kernels as they run now.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
@@ -49,12 +52,39 @@ def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, pa
                     call()
                     synchronize(device)
                     times[name].append((time.perf_counter() - start) * 1e3)
+            # CPU only: on CUDA the profiler's CPU times are launch times, not kernel times
+            floor = convolution_floor(calls["wrc_after"], calls["lift"], max(3, repeat // 3)) \
+                if device.type == "cpu" else None
         lift_ms = statistics.median(times["lift"])
         for name, ts in times.items():
             ms = statistics.median(ts)
             rows.append({"model": name, "image_size": size, "grid": [grid, grid], "median_ms": ms,
                          "vs_lift": ms / lift_ms, "repeat": repeat, "max_abs_diff_vs_before": max_diff})
+        if floor is not None:
+            rows.append({"model": "wrc_after, convolutions only", "image_size": size, "grid": [grid, grid],
+                         "median_ms": floor["conv_ms"], "vs_lift": floor["conv_ms"] / floor["lift_ms"],
+                         "repeat": floor["rounds"], "max_abs_diff_vs_before": None})
     return rows
+
+
+CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::slow_conv_dilated2d",
+                "aten::_nnpack_spatial_convolution")
+
+
+def convolution_floor(wrc_call, lift_call, rounds: int) -> dict[str, float]:
+    """The time WRC spends inside convolution kernels per call, and LiFT's whole call, from one profiler pass over
+    interleaved calls: a lower bound on WRC's time for any change that keeps its convolutions (and its outputs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    totals = {}
+    for name, call in (("wrc", wrc_call), ("lift", lift_call)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(rounds):
+                call()
+        events = prof.key_averages()
+        totals[name] = (sum(e.self_cpu_time_total for e in events if e.key in CONVOLUTIONS) / rounds / 1e3,
+                        sum(e.self_cpu_time_total for e in events) / rounds / 1e3)
+    return {"conv_ms": totals["wrc"][0], "lift_ms": totals["lift"][1], "rounds": rounds}
 
 
 def main() -> None:
@@ -67,15 +97,19 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = bench(device, args.sizes, args.repeat, args.channels, args.patch)
-    lines = [f"C={args.channels}, patch {args.patch}, batch 1, 2x; {torch.get_num_threads()} threads. Medians of "
-             f"{args.repeat} interleaved rounds (LiFT, WRC before, WRC after), ratios to LiFT's median in the same "
-             "run. The machine was shared and loaded (load average ~7 on 2 cores while this ran): absolute ms are "
-             "not comparable across runs, the ratios are the result.", "",
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"C={args.channels}, patch {args.patch}, batch 1, 2x; {torch.get_num_threads()} threads, load average "
+             f"{load:.1f} on {os.cpu_count()} cores at the end. Medians of {args.repeat} interleaved rounds (LiFT, WRC "
+             "before, WRC after), ratios to LiFT's median in the same run: on a shared machine absolute ms are not "
+             "comparable across runs, the ratios are the result. \"convolutions only\": the time WRC spends inside "
+             "convolution kernels, over LiFT's whole forward, both from one profiler pass: what remains if everything "
+             "around the convolution kernels took no time.", "",
              "| model | image | grid | median ms | x LiFT | max abs diff after vs before |",
              "| --- | ---: | --- | ---: | ---: | ---: |"]
     for r in rows:
+        diff = "-" if r["max_abs_diff_vs_before"] is None else f"{r['max_abs_diff_vs_before']:.1e}"
         lines.append(f"| {r['model']} | {r['image_size']} | {r['grid'][0]}x{r['grid'][1]} | {r['median_ms']:.1f} | "
-                     f"{r['vs_lift']:.2f} | {r['max_abs_diff_vs_before']:.1e} |")
+                     f"{r['vs_lift']:.2f} | {diff} |")
     publish(f"wrc_speed_{device.type}", device, rows, lines, channels=args.channels, patch=args.patch)
 
 
