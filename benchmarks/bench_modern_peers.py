@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -136,7 +137,9 @@ def bench(args: argparse.Namespace) -> list[Cell]:
 
 def table(cells: list[Cell], args: argparse.Namespace) -> list[str]:
     by_key = {(c.method, c.batch, c.size): c for c in cells}
-    lines = [f"{args.backbone} (random weights), the image at the output size, inference. ms: median per call; "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"{args.backbone} (random weights), the image at the output size, inference; {torch.get_num_threads()} "
+             f"thread(s), load average {load:.1f} on {os.cpu_count()} cores at the end. ms: median per call; "
              "MiB: peak above the inputs. Ratios to bilinear and to the backbone's forward at the same batch and size. "
              f"~: estimated, not run (over --max-seconds {args.max_seconds:g} or --max-gib {args.max_gib:g}).", "",
              "| method | batch | output | ms | x bilinear | x backbone | MiB | x bilinear | x backbone |",
