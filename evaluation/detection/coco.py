@@ -29,7 +29,6 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import Dataset
 
 from wrc.data.io import read_rgb
+from wrc.data.masks import decode_segmentation
 
 METRIC_KEYS = ("ap", "ap50", "ap75", "aps", "apm", "apl")  # COCOeval.stats[0:6]
 IOU_TYPES = {"box": "bbox", "mask": "segm"}  # metric prefix -> pycocotools iouType
@@ -90,17 +90,6 @@ class CategoryMap:
                              f"{list(self.ids)}): evaluate on the categories it was trained on")
 
 
-def ann_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """(H, W) uint8 mask of a COCO segmentation (polygons, uncompressed or compressed RLE)."""
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle)
-
-
 class CocoInstances(Dataset):
     """COCO images and instance targets. Items: ``(image (3, H, W) in [0, 1], target)`` with target ``boxes``
     (N, 4) xyxy float, ``labels`` (N,) int64 (1..K), ``masks`` (N, H, W) uint8 and ``image_id``; an item may be
@@ -146,7 +135,7 @@ class CocoInstances(Dataset):
                 if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
         boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
                              dtype=torch.float32).reshape(-1, 4)
-        masks = np.stack([ann_to_mask(a["segmentation"], height, width) for a in anns]) if anns else \
+        masks = np.stack([decode_segmentation(a["segmentation"], height, width) for a in anns]) if anns else \
             np.zeros((0, height, width), np.uint8)
         labels = torch.tensor([self.categories.label(a["category_id"]) for a in anns], dtype=torch.int64)
         return {"boxes": boxes, "labels": labels, "masks": torch.from_numpy(masks), "image_id": torch.tensor(image_id)}

@@ -12,11 +12,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
 MAX_MASKS = 150  # LoftUp pads every image's masks to 150
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 mask of a COCO segmentation: polygons, uncompressed or compressed RLE (SA-1B's, COCO's)."""
+    if isinstance(segmentation, list):
+        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = coco_mask.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return coco_mask.decode(rle)
 
 
 class MaskFileError(ValueError):
@@ -47,8 +59,5 @@ def read_masks(path: Path, height: int, width: int, max_masks: int = MAX_MASKS) 
         if list(rle["size"]) != [height, width]:
             raise MaskFileError(f"{path}: annotation {index} is {rle['size'][0]}x{rle['size'][1]} (H x W), the "
                                 f"image {height}x{width}: masks must be at the image's resolution")
-        counts = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]
-        if isinstance(counts, list):  # uncompressed RLE
-            counts = coco_mask.frPyObjects(rle, height, width)["counts"]
-        masks.append(coco_mask.decode({"size": [height, width], "counts": counts}))
+        masks.append(decode_segmentation(rle, height, width))
     return masks

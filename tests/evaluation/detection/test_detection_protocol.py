@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.detection.coco import CocoInstances, ann_to_mask
+from evaluation.detection.coco import CocoInstances
 from evaluation.detection.train import train_detector
 from evaluation.protocol import evaluate, get_protocol
 from evaluation.records import read_record
@@ -15,6 +15,7 @@ from evaluation.synthetic.detection import generate_detection_scene, write_synth
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.tables import PAPER_TABLES, paper_table
 from tests.evaluation.detection.test_train import TINY_MODEL, tiny_config
+from wrc.data.masks import decode_segmentation
 from wrc.extractor import build_extractor
 
 
@@ -35,7 +36,7 @@ def test_generated_scenes_have_exact_non_overlapping_masks(tmp_path):
     assert (info["height"], info["width"]) == (64, 96)
     expected = generate_detection_scene(0 + 1, (64, 96))  # train split, seed 1, image id 1
     for ann, mask in zip(dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=1)), expected.masks, strict=True):
-        assert np.array_equal(ann_to_mask(ann["segmentation"], 64, 96).astype(bool), mask)
+        assert np.array_equal(decode_segmentation(ann["segmentation"], 64, 96).astype(bool), mask)
         rows, cols = np.nonzero(mask)
         assert ann["bbox"] == [cols.min(), rows.min(), cols.max() + 1 - cols.min(), rows.max() + 1 - rows.min()]
         assert ann["area"] == mask.sum()
