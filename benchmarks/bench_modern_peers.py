@@ -47,16 +47,20 @@ class Cell:
     estimated: bool = False
 
 
-def make_inputs(backbone_name: str, batch: int, size: int, device: torch.device):
-    """(backbone, image, tokens): the same seeded image in every process."""
+def make_backbone(backbone_name: str, device: torch.device):
+    """The backbone with the same seeded random weights in every process."""
     from wrc import FrozenBackbone
 
     torch.manual_seed(0)
-    backbone = FrozenBackbone(backbone_name, "random").to(device).eval()
+    return FrozenBackbone(backbone_name, "random").to(device).eval()
+
+
+def make_inputs(backbone, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, tokens): the same seeded image in every process, and the backbone's tokens of it."""
+    device = next(backbone.parameters()).device
     image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(size)).to(device)
     with torch.no_grad():
-        tokens = backbone(image)
-    return backbone, image, tokens
+        return image, backbone(image)
 
 
 def make_call(method: str, backbone, image: torch.Tensor, tokens: torch.Tensor):
@@ -73,23 +77,21 @@ def make_call(method: str, backbone, image: torch.Tensor, tokens: torch.Tensor):
 def memory_worker(spec: list) -> float:
     """CPU peak RSS of one call above its inputs, in this (fresh) process."""
     backbone_name, method, batch, size = spec
-    backbone, image, tokens = make_inputs(backbone_name, batch, size, torch.device("cpu"))
-    call = make_call(method, backbone, image, tokens)
+    backbone = make_backbone(backbone_name, torch.device("cpu"))
+    call = make_call(method, backbone, *make_inputs(backbone, batch, size))
     with torch.no_grad():
         return rss_peak_mib(call)
 
 
-def measure(method: str, batch: int, size: int, args: argparse.Namespace) -> Cell:
+def measure(method: str, backbone, image: torch.Tensor, tokens: torch.Tensor, args: argparse.Namespace) -> Cell:
     device = torch.device(args.device)
-    backbone, image, tokens = make_inputs(args.backbone, batch, size, device)
+    batch, size = image.shape[0], image.shape[-1]
     call = make_call(method, backbone, image, tokens)
     first = time_call(call, device, warmup=0, repeat=1)["median_ms"]
     ms = first if first > LONG_CALL_S * 1e3 else time_call(call, device, warmup=0, repeat=args.repeat)["median_ms"]
-    if device.type == "cuda":
+    if device.type == "cuda" or args.memory_in_process:
         with torch.no_grad():
-            mib = cuda_peak_mib(call)
-    elif args.memory_in_process:
-        mib = memory_worker([args.backbone, method, batch, size])
+            mib = cuda_peak_mib(call) if device.type == "cuda" else rss_peak_mib(call)
     else:
         mib = subprocess_peak_mib("benchmarks.bench_modern_peers", [args.backbone, method, batch, size])
     return Cell(method, batch, size, ms, mib)
@@ -120,8 +122,10 @@ def estimate(method: str, batch: int, size: int, cells: dict[tuple, Cell]) -> Ce
 
 def bench(args: argparse.Namespace) -> list[Cell]:
     cells: dict[tuple, Cell] = {}
+    backbone = make_backbone(args.backbone, torch.device(args.device))
     for batch in sorted(args.batch):
         for size in sorted(args.sizes):
+            image, tokens = make_inputs(backbone, batch, size)  # once per cell row: every method reads the same
             for method in (*BASELINES, *args.methods):
                 guess = estimate(method, batch, size, cells)
                 over_time = method not in BASELINES and guess is not None and guess.ms > args.max_seconds * 1e3
@@ -130,7 +134,7 @@ def bench(args: argparse.Namespace) -> list[Cell]:
                     print(f"{method:18s} batch {batch} {size:4d} px: not run (estimated {guess.ms / 1e3:.0f} s, "
                           f"{guess.mib / 1024:.1f} GiB)", flush=True)
                     continue
-                cell = cells[(method, batch, size)] = measure(method, batch, size, args)
+                cell = cells[(method, batch, size)] = measure(method, backbone, image, tokens, args)
                 print(f"{method:18s} batch {batch} {size:4d} px: {cell.ms:10.1f} ms {cell.mib:9.1f} MiB", flush=True)
     return list(cells.values())
 
