@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-import torch
 
 from tests.conftest import REPO_ROOT, tiny_train_config
+from tests.helpers.ddp import assert_ranks_hold_the_same_parameters, run_two_ranks
 from wrc import load_upsampler
 from wrc.checkpoint import load_train_state
 from wrc.objectives.lift_multiscale import LiftMultiscale
@@ -144,19 +144,8 @@ def test_resume_path_without_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_with_gloo(tmp_path):
     config = tiny_train_config(tmp_path / "run{rank}", train={"max_steps": 3, "ckpt_every": 2})
-    states = tmp_path / "states"
-    states.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HELPER),
-           _write_config(tmp_path / "ddp.json", config), "--save-state", str(states)]
-    proc = subprocess.run(cmd, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0, rank1 = (torch.load(states / f"rank{r}.pt") for r in range(2))
-    # DDP keeps every parameter identical across ranks. BatchNorm running statistics are broadcast from
-    # rank 0 at each forward, so after the last step each rank holds its own update (rank 0's is saved).
-    parameters = [k for k in rank0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    assert len(parameters) > 10
-    for key in parameters:
-        torch.testing.assert_close(rank0[key], rank1[key], msg=key)
+    run_two_ranks(HELPER, _write_config(tmp_path / "ddp.json", config), tmp_path / "states", 300)
+    assert_ranks_hold_the_same_parameters(tmp_path / "states")
     history = read_metrics(tmp_path / "run0")
     assert [h["step"] for h in history] == [1, 2, 3]  # rank 0 alone logs
     assert history[0]["images_per_s"] > 0

@@ -14,7 +14,8 @@ from evaluation.detection import checkpoint as ckpt
 from evaluation.detection.coco import CategoryMap, metric_names
 from evaluation.detection.settings import DetectionOptimizer, DetectionRun, DetectorModel
 from evaluation.detection.train import lr_factor, make_detector, param_groups, train_detector
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, REPO_ROOT
+from tests.helpers.ddp import assert_ranks_hold_the_same_parameters, run_two_ranks
 from wrc.run_logger import read_metrics
 from wrc.settings import SettingsError
 from wrc.training import ResumeConfigError
@@ -133,29 +134,11 @@ def test_hydra_config_composes_from_the_dataclasses():
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_one_detector(tmp_path):
     """torchrun with two CPU processes (gloo): the ranks end with the same weights, rank 0 alone logs and saves."""
-    import subprocess
-    import sys
-
-    import torch
-
-    from tests.conftest import REPO_ROOT
-
     config = tiny_config(tmp_path / "run", train={"max_steps": 2, "ckpt_every": 2})
     path = tmp_path / "ddp.json"
     path.write_text(json.dumps(config))
-    states = tmp_path / "states"
-    states.mkdir()
-    helper = REPO_ROOT / "tests" / "helpers" / "train_detector_from_json.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(helper),
-           str(path), "--save-state", str(states)]
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0, rank1 = (torch.load(states / f"rank{r}.pt") for r in range(2))
-    trained = [k for k in rank0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    assert len(trained) > 10
-    for key in trained:
-        torch.testing.assert_close(rank0[key], rank1[key], msg=key)
+    run_two_ranks(REPO_ROOT / "tests" / "helpers" / "train_detector_from_json.py", path, tmp_path / "states", 600)
+    assert_ranks_hold_the_same_parameters(tmp_path / "states")
     assert [h["step"] for h in read_metrics(tmp_path / "run")] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")) == ["step_0000002"]
 
