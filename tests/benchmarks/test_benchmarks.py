@@ -36,3 +36,18 @@ def test_commands_are_written_as_a_user_types_them():
     script = str(REPO_ROOT / "train_wrc.py")
     assert command_line([script, "model=lift", "a=b c"]) == "python train_wrc.py model=lift 'a=b c'"
     assert command_line(["/usr/bin/pytest", "-q"]) == "pytest -q"
+
+
+def test_the_cost_benchmark_names_a_bad_method_or_size(monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from benchmarks import bench_modern_peers
+
+    for argv, message in ((["--methods", "no_such_upsampler"], "--methods: unknown upsampler(s) ['no_such_upsampler']"),
+                          (["--sizes", "0"], "--sizes, --batch and --repeat must be >= 1")):
+        monkeypatch.setattr(sys, "argv", ["bench_modern_peers", *argv])
+        with pytest.raises(SystemExit):
+            bench_modern_peers.main()
+        assert message in capsys.readouterr().err

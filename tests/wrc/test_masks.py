@@ -129,6 +129,12 @@ def test_batches_pad_masks_with_empty_ones():
     assert "masks" not in stack_batch([{k: v for k, v in it.items() if k != "masks"} for it in items])
 
 
+def test_max_masks_must_be_positive(tmp_path):
+    write_sa1b(tmp_path)
+    with pytest.raises(ValueError, match="data.max_masks must be >= 1; got 0"):
+        ImageFolder(tmp_path, 16, masks_root=tmp_path, max_masks=0)
+
+
 def test_the_config_passes_masks_root_and_max_masks(tmp_path):
     write_sa1b(tmp_path)
     cfg = {"name": "image_folder", "root": str(tmp_path), "image_size": 16, "masks_root": str(tmp_path),
