@@ -9,7 +9,11 @@ and must produce the 128 x 128 field. Metrics on held-out scenes, at the pixel g
 - miou and boundary_f: a linear 1x1 probe fitted on the method's own pixel-grid output for
   ``probe_scenes`` training scenes (full batch, 200 steps) classifies the held-out scenes; boundary_f
   scores the class edges of its prediction within 2 pixels of the true ones.
-``GroundTruth`` (the field itself) is the ceiling of miou and boundary_f. Training the learned methods
+``GroundTruth`` (the field itself) is the ceiling of miou and boundary_f. A killed run resumes: each probe batch's
+features, the fitted probe and each test batch's scores are kept in ``run_dir/field_partial/`` as they are made
+(with the run's identity, so another run's are never mixed in); the probe features go once the probe is saved. A
+test-time fitted method takes minutes a scene on a CPU (Upsample Anything), so this matters. Training the learned
+methods
 is the benchmark's job (``python -m evaluation.synthetic``); this protocol scores whatever it is given:
 
     python -m evaluation protocol=synthetic model=bilinear
@@ -18,25 +22,32 @@ is the benchmark's job (``python -m evaluation.synthetic``); this protocol score
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from evaluation.heads import fit_full_batch
 from evaluation.metrics import BoundaryFScore, ConfusionMatrix, cosine_per_image, relative_l2_per_image
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
+from evaluation.run_identity import StaleRunError, identity_differences, run_identity
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import CLASSES, SyntheticScenes
+from wrc.checkpoint import atomic_torch_save, atomic_write_text
 from wrc.extractor import DenseFeatureExtractor
 from wrc.settings import require_at_least_one
 from wrc.upsamplers.base import Upsampler
 
 PROBE_STEPS, PROBE_LR = 200, 0.05
+PARTIAL = "field_partial"  # run_dir/<this>: what a killed run has done (PartialField)
+PARTIAL_VERSION = 1  # bump when what a batch's saved result means changes (a resumed run then starts over)
 
 
 @dataclass
@@ -65,15 +76,66 @@ class GroundTruth(Upsampler):
 
 
 @torch.no_grad()
-def scene_batches(extractor: DenseFeatureExtractor, scenes: SyntheticScenes, batch_size: int = 8
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(images, tokens, ground-truth field, class map) per batch of ``scenes``, on the extractor's device."""
+def scene_batch(extractor: DenseFeatureExtractor, scenes: SyntheticScenes, start: int, batch_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, tokens, ground-truth field, class map) of scenes start.. start + batch_size - 1, on the extractor's
+    device (the class map on the CPU)."""
     oracle = extractor.backbone
     device = next(oracle.buffers()).device
+    batch = [scenes.scene(i) for i in range(start, min(start + batch_size, len(scenes)))]
+    images, labels = torch.stack([s.image for s in batch]).to(device), torch.stack([s.classes for s in batch])
+    return images, extractor.tokens(images), oracle.dense(images), labels
+
+
+def scene_batches(extractor: DenseFeatureExtractor, scenes: SyntheticScenes, batch_size: int = 8
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every batch of ``scenes`` in order (scene_batch's tuples)."""
     for start in range(0, len(scenes), batch_size):
-        batch = [scenes.scene(i) for i in range(start, min(start + batch_size, len(scenes)))]
-        images, labels = torch.stack([s.image for s in batch]).to(device), torch.stack([s.classes for s in batch])
-        yield images, extractor.tokens(images), oracle.dense(images), labels
+        yield scene_batch(extractor, scenes, start, batch_size)
+
+
+class PartialField:
+    """A field run's results so far, one file per batch in ``folder`` (written atomically as each is made) and the
+    run's identity beside them: another run's files raise StaleRunError, never mixed in."""
+
+    def __init__(self, folder: Path, identity: dict[str, Any]) -> None:
+        self.folder, self.identity = folder, json.loads(json.dumps(identity))
+        saved = folder / "identity.json"
+        if saved.is_file():
+            try:
+                differences = identity_differences(json.loads(saved.read_text()), self.identity)
+            except json.JSONDecodeError:
+                differences = ["identity.json: unreadable"]
+            if differences:
+                raise StaleRunError(f"{folder} holds the partial results of another run ({'; '.join(differences)}): "
+                                    "delete the folder to start over, or use another run_dir")
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved, json.dumps(self.identity))
+
+    def get(self, name: str) -> Any | None:
+        path = self.folder / f"{name}.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+    def put(self, name: str, value: Any) -> None:
+        atomic_torch_save(value, self.folder / f"{name}.pt")
+
+    def drop(self, prefix: str) -> None:
+        for path in self.folder.glob(f"{prefix}*.pt"):
+            path.unlink()
+
+    def batches(self, name: str, total: int, batch_size: int, make: Callable[[int], Any], description: str
+                ) -> tuple[list[Any], int]:
+        """Each batch's result, from disk or made by ``make(start)`` and saved at once; (results, batches made)."""
+        results, made = [], 0
+        for start in tqdm(range(0, total, batch_size), desc=description, unit="batch", leave=False):
+            result = self.get(f"{name}_{start:05d}")
+            if result is None:
+                result = make(start)
+                self.put(f"{name}_{start:05d}", result)
+                made += 1
+            results.append(result)
+        return results, made
 
 
 def fit_scene_probe(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> nn.Conv2d:
@@ -106,33 +168,60 @@ class Synthetic(Protocol):
             raise ValueError("protocol=synthetic scores upsamplers on its oracle backbone; build the extractor on "
                              "Synthetic().make_backbone(settings) (the entry point does)")
         test = SyntheticScenes(settings.test_scenes, settings.image_size, train=False)
-        probe_scenes = SyntheticScenes(settings.probe_scenes, settings.image_size)
-        features, labels = zip(*[(extractor.upsample(tokens, images, field.shape[-2:]).float(), classes)
-                                 for images, tokens, field, classes in scene_batches(extractor, probe_scenes,
-                                                                                     settings.batch_size)],
-                               strict=True)
-        probe = fit_scene_probe(torch.cat(features), torch.cat(labels), seed=settings.seed)
-        confusion, boundaries = ConfusionMatrix(len(CLASSES)), BoundaryFScore(tolerance=2)
-        sums = {"cosine": 0.0, "rel_l2": 0.0, "cosine_2x": 0.0}
+        partial = PartialField(Path(run_dir) / PARTIAL,
+                               run_identity(self.name, settings, extractor, partial_version=PARTIAL_VERSION))
+        probe = self.probe(extractor, settings, partial)
         cell = extractor.backbone.patch_size // 2
-        tick = time.perf_counter()
-        for images, tokens, field, classes in scene_batches(extractor, test, settings.batch_size):
+
+        def score_batch(start: int) -> dict[str, torch.Tensor]:
+            images, tokens, field, classes = scene_batch(extractor, test, start, settings.batch_size)
             pred = extractor.upsample(tokens, images, field.shape[-2:]).float()
-            sums["cosine"] += cosine_per_image(pred, field).sum().item()
-            sums["rel_l2"] += relative_l2_per_image(pred, field).sum().item()
             field_2x = F.avg_pool2d(field, cell)
             pred_2x = extractor.upsample(tokens, images, field_2x.shape[-2:]).float()
-            sums["cosine_2x"] += cosine_per_image(pred_2x, field_2x).sum().item()
-            predicted = probe(pred).argmax(dim=1).cpu()
+            return {"cosine": cosine_per_image(pred, field).cpu(), "rel_l2": relative_l2_per_image(pred, field).cpu(),
+                    "cosine_2x": cosine_per_image(pred_2x, field_2x).cpu(),
+                    "predicted": probe(pred).argmax(dim=1).to(torch.uint8).cpu(), "classes": classes.to(torch.uint8)}
+
+        tick = time.perf_counter()
+        scored, made = partial.batches("test", len(test), settings.batch_size, score_batch, "synthetic test scenes")
+        seconds = time.perf_counter() - tick
+        confusion, boundaries = ConfusionMatrix(len(CLASSES)), BoundaryFScore(tolerance=2)
+        sums = {key: float(sum(batch[key].sum().item() for batch in scored)) for key in ("cosine", "rel_l2",
+                                                                                           "cosine_2x")}
+        for batch in scored:
+            predicted, classes = batch["predicted"].long(), batch["classes"].long()
             confusion.update(predicted, classes)
             boundaries.update(predicted, classes)
         n = len(test)
         segmentation = confusion.compute()
         metrics = {**{key: value / n for key, value in sums.items()}, "miou": segmentation["miou"],
                    "pixel_accuracy": segmentation["pixel_accuracy"], **boundaries.compute(),
-                   "seconds_per_image": (time.perf_counter() - tick) / n}
+                   **({"seconds_per_image": seconds / (made * settings.batch_size)} if made == len(scored) else {})}
         return Evaluation(
             metrics=metrics, dataset={"name": "synthetic_scenes", "split": "test", "root": None, "scenes": n},
             resolution={"image_size": settings.image_size, "output": "pixel grid and 2x the token grid"},
             per_item={"per_class_iou": dict(zip(CLASSES, segmentation["per_class_iou"], strict=True))},
         )
+
+    @staticmethod
+    def probe(extractor: DenseFeatureExtractor, settings: SyntheticSettings, partial: PartialField) -> nn.Conv2d:
+        """The linear probe fitted on the method's output for the probe scenes (saved once fitted: its training
+        features are then dropped)."""
+        probe = nn.Conv2d(extractor.backbone.embed_dim, len(CLASSES), 1).to(extractor.device)
+        saved = partial.get("probe")
+        if saved is not None:
+            probe.load_state_dict(saved)
+            return probe
+        scenes = SyntheticScenes(settings.probe_scenes, settings.image_size)
+
+        def upsample_batch(start: int) -> dict[str, torch.Tensor]:
+            images, tokens, field, classes = scene_batch(extractor, scenes, start, settings.batch_size)
+            return {"features": extractor.upsample(tokens, images, field.shape[-2:]).float().cpu(), "classes": classes}
+
+        batches, _ = partial.batches("probe_features", len(scenes), settings.batch_size, upsample_batch,
+                                     "synthetic probe scenes")
+        probe = fit_scene_probe(torch.cat([b["features"] for b in batches]).to(extractor.device),
+                                torch.cat([b["classes"] for b in batches]), seed=settings.seed)
+        partial.put("probe", probe.state_dict())
+        partial.drop("probe_features")
+        return probe

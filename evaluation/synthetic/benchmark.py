@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from evaluation.protocol import evaluate, get_protocol
-from evaluation.protocols.synthetic import GroundTruth, SyntheticSettings
+from evaluation.protocols.synthetic import PARTIAL, GroundTruth, SyntheticSettings
 from evaluation.run_identity import StaleRunError
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import SyntheticScenes
@@ -214,10 +214,9 @@ def score(name: str, upsampler: Upsampler, oracle: OracleBackbone, args: argpars
         try:
             record = run()
         except StaleRunError as err:  # a resume cache of other code or settings: this benchmark owns it, rescore
-            if task == "field":
-                raise
-            log.info("%s: scored by another run (%s); scoring again", eval_dir, err)
-            shutil.rmtree(eval_dir)
+            stale = run_dir / PARTIAL if task == "field" else eval_dir  # the field's partials, not the training run
+            log.info("%s: scored by another run (%s); scoring again", stale, err)
+            shutil.rmtree(stale)
             record = run()
         metrics[task] = record.metrics
     return metrics
