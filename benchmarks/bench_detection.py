@@ -38,6 +38,7 @@ from evaluation.detection.coco import CategoryMap
 from evaluation.detection.settings import DetectorModel
 from evaluation.detection.train import autocast_for, make_detector
 from wrc import FrozenBackbone
+from wrc.arguments import positive_int
 
 VARIANTS = ("tconv", "bilinear", "lift", "wrc")
 COCO_CATEGORIES = CategoryMap(tuple(range(1, 81)))
@@ -188,27 +189,26 @@ def markdown(rows: list[dict], args: argparse.Namespace, device: torch.device) -
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, default=None, help="image side (default 1024 on CUDA, 512 on the CPU)")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=positive_int, default=None,
+                        help="image side (default 1024 on CUDA, 512 on the CPU)")
+    parser.add_argument("--batch", type=positive_int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="tconv, bilinear or any upsampler")
     parser.add_argument("--backbone", default="vit_small_patch16_224", help="timm ViT name (random weights)")
-    parser.add_argument("--proposals", type=int, default=1000, help="RPN proposals kept per image (ViTDet: 1000)")
-    parser.add_argument("--detections", type=int, default=100, help="detections per image (ViTDet: 100)")
-    parser.add_argument("--channels", type=int, default=256,
+    parser.add_argument("--proposals", type=positive_int, default=1000,
+                        help="RPN proposals kept per image (ViTDet: 1000)")
+    parser.add_argument("--detections", type=positive_int, default=100, help="detections per image (ViTDet: 100)")
+    parser.add_argument("--channels", type=positive_int, default=256,
                         help="pyramid and head channels (ViTDet: 256; the box head's fc is 4x this: 1024)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--no-train", action="store_true", help="inference only")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=positive_int, default=5)
     parser.add_argument("--memory-in-process", action="store_true",
                         help="CPU: measure memory in this process instead of a fresh one per measurement")
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.size is None:
         args.size = 1024 if args.device.startswith("cuda") else 512
-    for option in ("size", "batch", "proposals", "detections", "channels", "repeat"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option} must be >= 1; got {getattr(args, option)}")
     if args.size % 64:
         parser.error(f"--size must be a multiple of 64 (the detector pads its batch to 64); got {args.size}")
     return args

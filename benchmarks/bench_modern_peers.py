@@ -1,3 +1,4 @@
+
 """Time and peak memory of today's attention upsamplers at 224, 448 and 896 output, batch 1 and 8, as ratios to
 bilinear and to the backbone measured in the same run.
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import cuda_peak_mib, publish, rss_peak_mib, subprocess_peak_mib, time_call
+from wrc.arguments import positive_int
 
 METHODS = ("jafar", "anyup", "naf", "uplift", "loftup", "upsample_anything")
 BASELINES = ("backbone", "bilinear")
@@ -164,9 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224, 448, 896])
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--repeat", type=int, default=3, help="timed calls per cell (one above 5 s a call)")
+    parser.add_argument("--sizes", nargs="+", type=positive_int, default=[224, 448, 896])
+    parser.add_argument("--batch", nargs="+", type=positive_int, default=[1, 8])
+    parser.add_argument("--repeat", type=positive_int, default=3, help="timed calls per cell (one above 5 s a call)")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="cells estimated slower per call: not run")
     parser.add_argument("--max-gib", type=float, default=8.0, help="cells estimated above this peak: not run")
     parser.add_argument("--backbone", default="vit_small_patch14_dinov2", help="timm ViT name (random weights)")
@@ -182,8 +184,6 @@ def main() -> None:
     unknown = sorted(set(args.methods) - set(list_upsamplers()))
     if unknown:
         parser.error(f"--methods: unknown upsampler(s) {unknown}; registered: {', '.join(list_upsamplers())}")
-    if min(args.sizes) < 1 or min(args.batch) < 1 or args.repeat < 1:
-        parser.error("--sizes, --batch and --repeat must be >= 1")
     device = torch.device(args.device)
     cells = bench(args)
     publish(f"modern_peers_{device.type}", device, [vars(c) for c in cells], table(cells, args),

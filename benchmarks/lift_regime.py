@@ -43,6 +43,7 @@ from evaluation.synthetic.benchmark import TRAINED, TRAINING_FREE, training_conf
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import SyntheticScenes
 from wrc import load_upsampler
+from wrc.arguments import integer_at_least, positive_int
 from wrc.extractor import DenseFeatureExtractor
 from wrc.objectives.lift_multiscale import downscale
 from wrc.upsamplers import Upsampler, create_upsampler
@@ -376,16 +377,18 @@ def report(results: list[dict[str, Any]], bilinear: dict[str, float], implicit: 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", nargs="*", default=[], help="trained LiFT run directories (or checkpoints)")
-    parser.add_argument("--train-steps", type=int, nargs="*", default=[],
+    parser.add_argument("--train-steps", type=positive_int, nargs="*", default=[],
                         help="also train LiFT with the benchmark's recipe for these step counts (in --work-dir)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the LiFT runs trained here")
     parser.add_argument("--work-dir", default="outputs/lift_regime")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--train-scenes", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8, help="training batch of the LiFT runs trained here")
-    parser.add_argument("--test-scenes", type=int, default=32)
-    parser.add_argument("--probe-scenes", type=int, default=16)
-    parser.add_argument("--implicit-steps", type=int, default=5, help="FeatUp-Implicit steps timed (0: skip)")
+    parser.add_argument("--train-scenes", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="training batch of the LiFT runs trained here")
+    parser.add_argument("--test-scenes", type=positive_int, default=32)
+    parser.add_argument("--probe-scenes", type=positive_int, default=16)
+    parser.add_argument("--implicit-steps", type=integer_at_least(0), default=5,
+                        help="FeatUp-Implicit steps timed (0: skip)")
     parser.add_argument("--implicit-views", type=int, default=None, help="jittered views (default: the benchmark's)")
     parser.add_argument("--benchmark-implicit-steps", type=int, default=30)
     parser.add_argument("--cost-dir", default="outputs/synthetic_s0", help="the benchmark's work directory")
@@ -393,11 +396,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.run and not args.train_steps:
         parser.error("give at least one --run or --train-steps")
-    for option in ("test_scenes", "probe_scenes", "train_scenes", "batch_size"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be >= 1; got {getattr(args, option)}")
-    if min(args.train_steps, default=1) < 1 or args.implicit_steps < 0:
-        parser.error("--train-steps must be >= 1 and --implicit-steps >= 0")
     if args.image_size % 16:
         parser.error(f"--image-size must be a multiple of 16; got {args.image_size}")
     return args

@@ -38,6 +38,7 @@ from evaluation.records import read_record
 from evaluation.synthetic.benchmark import TRAINED, training_config
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import SyntheticScenes
+from wrc.arguments import positive_int
 from wrc.checkpoint import atomic_write_text
 from wrc.extractor import DenseFeatureExtractor
 from wrc.provenance import environment
@@ -153,27 +154,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=choices, metavar="NAME",
                         help=f"pyramids to compare (default {' '.join(DEFAULT_VARIANTS)}; any of {', '.join(choices)})")
-    parser.add_argument("--steps", type=int, default=200, help="detector training steps of every row")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=200, help="detector training steps of every row")
+    parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--heads", default="torchvision", choices=("torchvision", "vitdet"))
     parser.add_argument("--size", type=int, default=128, help="scene side in pixels (a multiple of 64)")
-    parser.add_argument("--train-images", type=int, default=256)
-    parser.add_argument("--val-images", type=int, default=64)
-    parser.add_argument("--upsampler-steps", type=int, default=200)
+    parser.add_argument("--train-images", type=positive_int, default=256)
+    parser.add_argument("--val-images", type=positive_int, default=64)
+    parser.add_argument("--upsampler-steps", type=positive_int, default=200)
     parser.add_argument("--upsampler-image-size", type=int, default=128)
-    parser.add_argument("--upsampler-batch-size", type=int, default=8)
+    parser.add_argument("--upsampler-batch-size", type=positive_int, default=8)
     parser.add_argument("--upsampler-lr", type=float, default=2e-3)
-    parser.add_argument("--train-scenes", type=int, default=256, help="synthetic benchmark scenes for upsamplers")
+    parser.add_argument("--train-scenes", type=positive_int, default=256,
+                        help="synthetic benchmark scenes for upsamplers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work-dir", default="outputs/synthetic_detection", help="run directories")
     parser.add_argument("--out", default="outputs/synthetic_detection/results", help="records and the table")
     args = parser.parse_args(argv)
-    for option in ("steps", "batch_size", "train_images", "val_images", "upsampler_steps", "upsampler_batch_size",
-                   "train_scenes"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be >= 1; got {getattr(args, option)}")
     if args.size % 64 or args.upsampler_image_size % 32:
         parser.error(f"--size must be a multiple of 64 (the detector's padding) and --upsampler-image-size of 32 "
                      f"(the objectives' x/2 views on patch 16); got {args.size} and {args.upsampler_image_size}")

@@ -46,7 +46,7 @@ def test_the_cost_benchmark_names_a_bad_method_or_size(monkeypatch, capsys):
     from benchmarks import bench_modern_peers
 
     for argv, message in ((["--methods", "no_such_upsampler"], "--methods: unknown upsampler(s) ['no_such_upsampler']"),
-                          (["--sizes", "0"], "--sizes, --batch and --repeat must be >= 1")):
+                          (["--sizes", "0"], "argument --sizes: expected an integer >= 1; got '0'")):
         monkeypatch.setattr(sys, "argv", ["bench_modern_peers", *argv])
         with pytest.raises(SystemExit):
             bench_modern_peers.main()
