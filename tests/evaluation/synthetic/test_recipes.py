@@ -1,0 +1,43 @@
+"""The benchmark trains every learned method with the shared optimiser, except those given their paper's (OWN_RECIPE),
+and says so in the record."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import wrc.training
+from evaluation.synthetic import benchmark
+
+
+@pytest.fixture
+def configs(monkeypatch):
+    """The training config each train_method call passes to wrc.training.train (nothing is trained)."""
+    seen = {}
+
+    def fake_train(config, backbone, dataset):
+        seen[config["model"]["name"]] = config
+        return SimpleNamespace(upsampler=benchmark.create_upsampler("bilinear", 32, 8))
+
+    monkeypatch.setattr(wrc.training, "train", fake_train)
+    return seen
+
+
+def test_uplift_trains_with_its_papers_optimiser_and_the_others_with_the_shared_one(configs, tmp_path):
+    args = benchmark.parse_args(["--work-dir", str(tmp_path)])
+    for name in ("uplift", "jafar"):
+        benchmark.train_method(name, benchmark.OracleBackbone(), args)
+    uplift, jafar = configs["uplift"], configs["jafar"]
+    assert uplift["optimizer"] == {**jafar["optimizer"], "lr": 1e-3, "weight_decay": 0.0, "scheduler": "constant",
+                                   "warmup_steps": 0}
+    assert uplift["train"]["grad_clip"] == 0.0 and jafar["train"]["grad_clip"] == 1.0
+    assert jafar["optimizer"]["lr"] == args.lr and jafar["optimizer"]["scheduler"] == "cosine"
+    assert {k: v for k, v in uplift.items() if k not in ("optimizer", "train", "model", "objective", "run_dir")} == {
+        k: v for k, v in jafar.items() if k not in ("optimizer", "train", "model", "objective", "run_dir")}
+
+
+def test_every_recipe_names_known_methods_and_config_groups():
+    for name, groups in benchmark.OWN_RECIPE.items():
+        assert name in benchmark.TRAINED
+        assert set(groups) <= {"optimizer", "train"}
