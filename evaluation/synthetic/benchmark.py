@@ -97,7 +97,6 @@ OWN_BUDGET = {"featup_implicit": 1200}  # FeatUp's fitting steps per image; fewe
 # Trained rows that are not results yet, with why (benchmarks/results/synthetic/synthetic.md's notes): shown, labelled,
 # never ranked, until the cause is found
 NOT_YET_RESULTS = {
-    "uplift": "not yet a result: its trained attender collapses onto the centre offset, output = nearest",
     "loftup": "not yet a result: far from trained at the benchmark's budget, loses to bilinear",
 }
 TASKS: dict[str, tuple[str, dict[str, Any]]] = {  # task: (protocol, its settings on the generated dataset)

@@ -33,6 +33,7 @@ def test_rows_say_how_a_method_is_used_and_which_are_ranked():
     label, ranked = benchmark.row_label("featup_implicit", args)
     assert label == "featup_implicit (under budget: 30 of 1200 steps)" and not ranked
     assert benchmark.row_label("featup_implicit", benchmark.parse_args(["--implicit-steps", "1200"]))[1]
-    label, ranked = benchmark.row_label("uplift", args)  # a row under investigation is shown, labelled, not ranked
-    assert label.startswith("uplift (not yet a result: ") and not ranked
+    label, ranked = benchmark.row_label("loftup", args)  # a row under investigation is shown, labelled, not ranked
+    assert label.startswith("loftup (not yet a result: ") and not ranked
+    assert benchmark.row_label("uplift", args) == ("uplift", True)  # trained with its own recipe (OWN_RECIPE)
     assert {"lift_2steps", "lift_3steps"} <= set(args.methods)
