@@ -27,11 +27,14 @@ def plain(value: Any) -> Any:
 
 def run_identity(protocol: str, settings: Any, extractor: Any, *, run_only: Iterable[str] = (),
                  **extra: Any) -> dict[str, Any]:
-    """``{"protocol", "settings", "upsampler", "backbone", "code", **extra}`` in JSON form; ``settings`` is a
-    dataclass whose ``run_only`` fields are left out (which items this call runs, caches, workers...)."""
+    """``{"protocol", "settings", "upsampler", "weights", "backbone", "code", **extra}`` in JSON form; ``settings``
+    is a dataclass whose ``run_only`` fields are left out (which items this call runs, caches, workers...).
+    ``weights`` is the upsampler's state digest: an upsampler trained in memory has no checkpoint path to tell it
+    from another training of the same method, so its spec alone would let a resumed run reuse another's results."""
     skipped = set(run_only)
     kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in skipped}
     return plain({"protocol": protocol, "settings": kept, "upsampler": extractor.upsampler_spec(),
+                  "weights": provenance.weights_digest(getattr(extractor, "upsampler", None)),
                   "backbone": extractor.backbone.spec(), "code": provenance.code_identity(), **extra})
 
 

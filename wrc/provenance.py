@@ -8,6 +8,7 @@ machine's interpreter or checkout paths.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
@@ -39,6 +40,19 @@ def code_identity() -> dict[str, object]:
     """``{"version", "commit"}``: the code that results depend on, for resume checks. Not the dirty flag: an
     uncommitted edit must not refuse every rerun of work in progress (and ``git status`` is the slow call)."""
     return {"version": wrc.__version__, "commit": _commit()}
+
+
+def weights_digest(module: torch.nn.Module | None) -> str | None:
+    """SHA-256 of a module's state (names, dtypes, shapes and values): two upsamplers with the same name and
+    arguments but other weights (one trained further in the same run directory) are told apart. None for None."""
+    if module is None:
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def code_version() -> dict[str, object]:

@@ -31,8 +31,24 @@ def test_identity_holds_settings_less_run_only_keys_and_the_code_without_its_dir
     monkeypatch.setattr(provenance, "code_identity", lambda: {"version": "1.0", "commit": "abc"})
     identity = run_identity("p", Settings(), Extractor(), run_only=("stop_after",), extra=7)
     assert identity == {"protocol": "p", "settings": {"root": "/data", "tau": 0.2, "size": [2, 3]},
-                        "upsampler": {"name": "bilinear"}, "backbone": {"name": "vit", "layer": -1},
+                        "upsampler": {"name": "bilinear"}, "weights": None, "backbone": {"name": "vit", "layer": -1},
                         "code": {"version": "1.0", "commit": "abc"}, "extra": 7}
+
+
+def test_the_weights_digest_tells_apart_the_same_upsampler_with_other_weights():
+    import torch
+
+    torch.manual_seed(0)
+    first, same = torch.nn.Conv2d(2, 3, 1), torch.nn.Conv2d(2, 3, 1)
+    same.load_state_dict(first.state_dict())
+    assert provenance.weights_digest(first) == provenance.weights_digest(same)
+    with torch.no_grad():
+        same.bias[0] += 1e-6  # one value, one ulp-scale step
+    assert provenance.weights_digest(first) != provenance.weights_digest(same)
+    renamed = torch.nn.Sequential(first)  # same values under other names
+    assert provenance.weights_digest(renamed) != provenance.weights_digest(first)
+    assert provenance.weights_digest(torch.nn.Identity()) == provenance.weights_digest(torch.nn.ReLU())  # no state
+    assert provenance.weights_digest(None) is None
 
 
 def test_code_identity_is_version_and_commit_only():
