@@ -12,9 +12,8 @@ and must produce the 128 x 128 field. Metrics on held-out scenes, at the pixel g
 ``GroundTruth`` (the field itself) is the ceiling of miou and boundary_f. A killed run resumes: each probe batch's
 features, the fitted probe and each test batch's scores are kept in ``run_dir/field_partial/`` as they are made
 (with the run's identity, so another run's are never mixed in); the probe features go once the probe is saved. A
-test-time fitted method takes minutes a scene on a CPU (Upsample Anything), so this matters. Training the learned
-methods
-is the benchmark's job (``python -m evaluation.synthetic``); this protocol scores whatever it is given:
+test-time fitted method takes minutes a scene on a CPU (Upsample Anything), so this matters. Training the
+learned methods is the benchmark's job (``python -m evaluation.synthetic``); this protocol scores whatever it is given:
 
     python -m evaluation protocol=synthetic model=bilinear
     python -m evaluation protocol=synthetic checkpoint=outputs/synthetic/wrc
@@ -47,7 +46,8 @@ from wrc.upsamplers.base import Upsampler
 
 PROBE_STEPS, PROBE_LR = 200, 0.05
 PARTIAL = "field_partial"  # run_dir/<this>: what a killed run has done (PartialField)
-PARTIAL_VERSION = 1  # bump when what a batch's saved result means changes (a resumed run then starts over)
+PARTIAL_VERSION = 2  # bump when what a batch's saved result means changes: older partials are then refused as stale
+# (StaleRunError; the synthetic benchmark deletes them and rescores)
 
 
 @dataclass
@@ -109,6 +109,9 @@ class PartialField:
             if differences:
                 raise StaleRunError(f"{folder} holds the partial results of another run ({'; '.join(differences)}): "
                                     "delete the folder to start over, or use another run_dir")
+        elif folder.is_dir() and any(folder.iterdir()):
+            raise StaleRunError(f"{folder} holds partial results without their identity.json, so whose they are is "
+                                "unknown: delete the folder to start over, or use another run_dir")
         else:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, json.dumps(self.identity))
@@ -124,18 +127,20 @@ class PartialField:
         for path in self.folder.glob(f"{prefix}*.pt"):
             path.unlink()
 
-    def batches(self, name: str, total: int, batch_size: int, make: Callable[[int], Any], description: str
-                ) -> tuple[list[Any], int]:
-        """Each batch's result, from disk or made by ``make(start)`` and saved at once; (results, batches made)."""
-        results, made = [], 0
+    def batches(self, name: str, total: int, batch_size: int, make: Callable[[int], dict[str, Any]],
+                description: str) -> list[dict[str, Any]]:
+        """Each batch's result, read from disk or made by ``make(start)`` and saved as soon as it is made, with the
+        seconds ``make`` took under "seconds" (the disk write not counted), so a resumed run's timing is whole."""
+        results = []
         for start in tqdm(range(0, total, batch_size), desc=description, unit="batch", leave=False):
             result = self.get(f"{name}_{start:05d}")
             if result is None:
+                tick = time.perf_counter()
                 result = make(start)
+                result["seconds"] = time.perf_counter() - tick
                 self.put(f"{name}_{start:05d}", result)
-                made += 1
             results.append(result)
-        return results, made
+        return results
 
 
 def fit_scene_probe(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> nn.Conv2d:
@@ -182,9 +187,7 @@ class Synthetic(Protocol):
                     "cosine_2x": cosine_per_image(pred_2x, field_2x).cpu(),
                     "predicted": probe(pred).argmax(dim=1).to(torch.uint8).cpu(), "classes": classes.to(torch.uint8)}
 
-        tick = time.perf_counter()
-        scored, made = partial.batches("test", len(test), settings.batch_size, score_batch, "synthetic test scenes")
-        seconds = time.perf_counter() - tick
+        scored = partial.batches("test", len(test), settings.batch_size, score_batch, "synthetic test scenes")
         confusion, boundaries = ConfusionMatrix(len(CLASSES)), BoundaryFScore(tolerance=2)
         sums = {key: float(sum(batch[key].sum().item() for batch in scored)) for key in ("cosine", "rel_l2",
                                                                                            "cosine_2x")}
@@ -196,7 +199,7 @@ class Synthetic(Protocol):
         segmentation = confusion.compute()
         metrics = {**{key: value / n for key, value in sums.items()}, "miou": segmentation["miou"],
                    "pixel_accuracy": segmentation["pixel_accuracy"], **boundaries.compute(),
-                   **({"seconds_per_image": seconds / (made * settings.batch_size)} if made == len(scored) else {})}
+                   "seconds_per_image": sum(batch["seconds"] for batch in scored) / n}
         return Evaluation(
             metrics=metrics, dataset={"name": "synthetic_scenes", "split": "test", "root": None, "scenes": n},
             resolution={"image_size": settings.image_size, "output": "pixel grid and 2x the token grid"},
@@ -207,18 +210,20 @@ class Synthetic(Protocol):
     def probe(extractor: DenseFeatureExtractor, settings: SyntheticSettings, partial: PartialField) -> nn.Conv2d:
         """The linear probe fitted on the method's output for the probe scenes (saved once fitted: its training
         features are then dropped)."""
-        probe = nn.Conv2d(extractor.backbone.embed_dim, len(CLASSES), 1).to(extractor.device)
         saved = partial.get("probe")
         if saved is not None:
+            partial.drop("probe_features")  # when the run was killed between saving the probe and this
+            with torch.random.fork_rng(devices=[]):  # the global RNG stays where a fresh run leaves it
+                probe = nn.Conv2d(extractor.backbone.embed_dim, len(CLASSES), 1)
             probe.load_state_dict(saved)
-            return probe
+            return probe.to(extractor.device).requires_grad_(False).eval()
         scenes = SyntheticScenes(settings.probe_scenes, settings.image_size)
 
         def upsample_batch(start: int) -> dict[str, torch.Tensor]:
             images, tokens, field, classes = scene_batch(extractor, scenes, start, settings.batch_size)
             return {"features": extractor.upsample(tokens, images, field.shape[-2:]).float().cpu(), "classes": classes}
 
-        batches, _ = partial.batches("probe_features", len(scenes), settings.batch_size, upsample_batch,
+        batches = partial.batches("probe_features", len(scenes), settings.batch_size, upsample_batch,
                                      "synthetic probe scenes")
         probe = fit_scene_probe(torch.cat([b["features"] for b in batches]).to(extractor.device),
                                 torch.cat([b["classes"] for b in batches]), seed=settings.seed)
