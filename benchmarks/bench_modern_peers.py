@@ -1,4 +1,3 @@
-
 """Time and peak memory of today's attention upsamplers at 224, 448 and 896 output, batch 1 and 8, as ratios to
 bilinear and to the backbone measured in the same run.
 

@@ -19,7 +19,7 @@ def integer_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its own messages
+    parse.__name__ = f"integer >= {minimum}"  # how the type reads in reprs and tracebacks
     return parse
 
 

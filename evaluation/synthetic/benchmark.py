@@ -147,6 +147,13 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
     return result.upsampler.eval(), None if finished else time.perf_counter() - tick
 
 
+def recipe_lr(name: str) -> dict[str, float]:
+    """``{"lr": ...}`` where the method's own recipe replaces the shared learning rate (so its record's top-level lr
+    is the one it trained with), else nothing."""
+    lr = OWN_RECIPE.get(name, {}).get("optimizer", {}).get("lr")
+    return {} if lr is None else {"lr": lr}
+
+
 def training_steps(name: str, args: argparse.Namespace) -> int:
     """``--steps``, or more for a method that is still under-trained there (``MIN_STEPS``)."""
     return max(args.steps, MIN_STEPS.get(name, 0))
@@ -284,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         label, ranked = row_label(name, args)
         scores = score(name, upsampler, oracle, args, {
             "objective": objective, "train_seconds": seconds, "model": model, "ranked": ranked,
-            "training": {**setting, "steps": training_steps(trained, args) if trained in TRAINED else 0,
-                         "native_steps": upsampler.native_steps, **OWN_RECIPE.get(trained, {})},
+            "training": {**setting, **recipe_lr(trained), "steps": training_steps(trained, args) if trained in TRAINED
+                         else 0, "native_steps": upsampler.native_steps, **OWN_RECIPE.get(trained, {})},
             "parameters": sum(p.numel() for p in upsampler.parameters())}, label=label)
         log.info("%-16s %s", name, "  ".join(f"{task} {headline(task, metrics)}" for task, metrics in scores.items()))
     env = environment(torch.device(args.device))

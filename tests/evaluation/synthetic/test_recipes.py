@@ -41,3 +41,7 @@ def test_every_recipe_names_known_methods_and_config_groups():
     for name, groups in benchmark.OWN_RECIPE.items():
         assert name in benchmark.TRAINED
         assert set(groups) <= {"optimizer", "train"}
+
+
+def test_a_recipe_methods_record_states_the_learning_rate_it_trained_with():
+    assert benchmark.recipe_lr("uplift") == {"lr": 1e-3} and benchmark.recipe_lr("jafar") == {}
