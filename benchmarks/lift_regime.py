@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,7 +217,7 @@ def own_regime(lift: Upsampler, oracle: OracleBackbone, scenes: int, image_size:
              "bilinear": sums[k, "bilinear"].mean()} for k in (1, 2)]
 
 
-def protocol_rows(lift: Upsampler, oracle: OracleBackbone, settings: SyntheticSettings, run_dir: Path
+def protocol_rows(lift: Upsampler, oracle: OracleBackbone, settings: SyntheticSettings
                   ) -> dict[str, dict[str, float]]:
     """The synthetic protocol's metrics for each way of using ``lift`` (and bilinear, the reference)."""
     uses = {"1 step + bilinear (paper: LiFT)": LiftUse(lift, 1), "2 steps + bilinear (paper: 2xLiFT)": LiftUse(lift, 2),
@@ -225,9 +226,16 @@ def protocol_rows(lift: Upsampler, oracle: OracleBackbone, settings: SyntheticSe
     protocol = get_protocol("synthetic")
     rows = {}
     for label, upsampler in uses.items():
-        metrics = protocol.run(DenseFeatureExtractor(oracle, upsampler).eval(), settings, run_dir).metrics
+        metrics = score_field(DenseFeatureExtractor(oracle, upsampler).eval(), settings)
         rows[label] = {key: metrics[key] for key in protocol.table.headline}
     return rows
+
+
+def score_field(extractor: DenseFeatureExtractor, settings: SyntheticSettings) -> dict[str, float]:
+    """The synthetic protocol's metrics, in a scratch run directory: the uses of one LiFT share its weights, so
+    they must never share the protocol's resume state."""
+    with tempfile.TemporaryDirectory(prefix="lift_regime_") as scratch:
+        return get_protocol("synthetic").run(extractor, settings, Path(scratch)).metrics
 
 
 def implicit_cost(oracle: OracleBackbone, image_size: int, steps: int, benchmark_steps: int,
@@ -306,7 +314,7 @@ def measure(label: str, lift: Upsampler, oracle: OracleBackbone, args: argparse.
             "chain_batch_stats": chain(lift, oracle, args.test_scenes, args.image_size, batch_stats=True),
             "batchnorm": batchnorm_shift(lift, oracle, args.test_scenes, args.image_size),
             "own_regime": own_regime(lift, oracle, args.test_scenes, args.image_size),
-            "protocol": protocol_rows(lift, oracle, settings, Path(args.work_dir) / "protocol")}
+            "protocol": protocol_rows(lift, oracle, settings)}
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -418,8 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SyntheticSettings(image_size=args.image_size, test_scenes=args.test_scenes,
                                  probe_scenes=args.probe_scenes)
     bilinear = create_upsampler("bilinear", oracle.embed_dim, oracle.patch_size)
-    metrics = get_protocol("synthetic").run(DenseFeatureExtractor(oracle, bilinear), settings,
-                                            Path(args.work_dir) / "protocol").metrics
+    metrics = score_field(DenseFeatureExtractor(oracle, bilinear).eval(), settings)
     bilinear_row = {key: metrics[key] for key in get_protocol("synthetic").table.headline}
     implicit = (implicit_cost(oracle, args.image_size, args.implicit_steps, args.benchmark_implicit_steps,
                               args.implicit_views)
