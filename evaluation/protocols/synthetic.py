@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,13 +85,6 @@ def scene_batch(extractor: DenseFeatureExtractor, scenes: SyntheticScenes, start
     batch = [scenes.scene(i) for i in range(start, min(start + batch_size, len(scenes)))]
     images, labels = torch.stack([s.image for s in batch]).to(device), torch.stack([s.classes for s in batch])
     return images, extractor.tokens(images), oracle.dense(images), labels
-
-
-def scene_batches(extractor: DenseFeatureExtractor, scenes: SyntheticScenes, batch_size: int = 8
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Every batch of ``scenes`` in order (scene_batch's tuples)."""
-    for start in range(0, len(scenes), batch_size):
-        yield scene_batch(extractor, scenes, start, batch_size)
 
 
 class PartialField:
