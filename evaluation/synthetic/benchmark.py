@@ -61,9 +61,9 @@ TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own object
     "converse2d_paper_network": ({"name": "converse2d", **WRC_MODEL, "output_solve": False},
                                  {"name": "wrc_multicrop"}),
     "lift": ({"name": "lift", "image_channels": 32}, {"name": "lift_multiscale", "jitter": {}}),
-    "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),
-    # the original's guidance pooling and final resize, beside the default (wrc/upsamplers/featup_jbu.py)
-    "featup_jbu_paper": ({"name": "featup_jbu", "preset": "paper"}, MULTIVIEW),
+    "featup_jbu": ({"name": "featup_jbu"}, MULTIVIEW),  # its default: the paper preset (the original's pooling)
+    # antialiased guidance and final resize, the former default, beside it (wrc/upsamplers/featup_jbu.py)
+    "featup_jbu_antialiased": ({"name": "featup_jbu", "preset": "antialiased"}, MULTIVIEW),
     # today's attention upsamplers, each with its own objective (the recipes' resolutions scaled to the scenes)
     "jafar": ({"name": "jafar"}, {"name": "jafar_lowres"}),
     "anyup": ({"name": "anyup"}, {"name": "anyup_crops"}),

@@ -35,9 +35,9 @@ def test_jbu_guidance_shrink_average_pool_versus_antialiased_bilinear():
     their sum 1.75; the fourth lies outside the image): 0.25 / 1.75 + 0.25 * 2/3 / 1.75 = 5/21."""
     image = columns([0, 1 / 3, 2 / 3, 1], rows=4)
     paper = create_upsampler("featup_jbu", 8, 2, preset="paper").guidance(image, (2, 2)) * STD + MEAN
-    default = create_upsampler("featup_jbu", 8, 2).guidance(image, (2, 2)) * STD + MEAN
+    antialiased = create_upsampler("featup_jbu", 8, 2, preset="antialiased").guidance(image, (2, 2)) * STD + MEAN
     torch.testing.assert_close(paper, columns([1 / 6, 5 / 6], rows=2))
-    torch.testing.assert_close(default, columns([5 / 21, 16 / 21], rows=2))
+    torch.testing.assert_close(antialiased, columns([5 / 21, 16 / 21], rows=2))
 
 
 def test_jbu_guidance_enlarged_by_average_pooling_copies_and_averages_pixels():
@@ -45,28 +45,28 @@ def test_jbu_guidance_enlarged_by_average_pooling_copies_and_averages_pixels():
     row (0, 1/4, 1) becomes (0, 1/8, 5/8, 1); bilinear samples at -0.125, 0.625, 1.375, 2.125: (0, 5/32, 17/32, 1)."""
     image = columns([0, 0.25, 1], rows=3)
     paper = create_upsampler("featup_jbu", 8, 2, preset="paper").guidance(image, (4, 4)) * STD + MEAN
-    default = create_upsampler("featup_jbu", 8, 2).guidance(image, (4, 4)) * STD + MEAN
+    antialiased = create_upsampler("featup_jbu", 8, 2, preset="antialiased").guidance(image, (4, 4)) * STD + MEAN
     torch.testing.assert_close(paper[..., 0, :], columns([0, 0.125, 0.625, 1], rows=1)[..., 0, :])
-    torch.testing.assert_close(default[..., 0, :], columns([0, 0.15625, 0.53125, 1], rows=1)[..., 0, :])
+    torch.testing.assert_close(antialiased[..., 0, :], columns([0, 0.15625, 0.53125, 1], rows=1)[..., 0, :])
 
 
-def test_jbu_final_resize_is_antialiased_only_in_the_default():
+def test_jbu_final_resize_is_antialiased_only_in_the_antialiased_preset():
     """A 4 x 4 grid asked for 3 x 3 (no layer runs, refine off), f = x + 10 y with x, y = 0..3. Plain bilinear
     samples at 1/6, 1.5, 17/6; the antialiased triangle (half-width 4/3) gives 0.7 a + 0.3 b at the first
-    output, (b + c) / 2 in the middle. Per axis: paper (1/6, 1.5, 17/6), default (0.3, 1.5, 2.7)."""
+    output, (b + c) / 2 in the middle. Per axis: paper (1/6, 1.5, 17/6), antialiased (0.3, 1.5, 2.7)."""
     ramp = torch.arange(4.0)
     features = (ramp.view(1, 4) + 10 * ramp.view(4, 1)).expand(1, 2, 4, 4).contiguous()
     image = torch.rand(1, 3, 8, 8)
     kwargs = {"num_layers": 1, "refine": False}
     paper = create_upsampler("featup_jbu", 2, 2, preset="paper", **kwargs).eval()(features, image, (3, 3))
-    default = create_upsampler("featup_jbu", 2, 2, **kwargs).eval()(features, image, (3, 3))
+    antialiased = create_upsampler("featup_jbu", 2, 2, preset="antialiased", **kwargs).eval()(features, image, (3, 3))
 
     def expected(axis: list[float]) -> torch.Tensor:
         a = torch.tensor(axis)
         return (a.view(1, 3) + 10 * a.view(3, 1)).expand(1, 2, 3, 3)
 
     torch.testing.assert_close(paper, expected([1 / 6, 1.5, 17 / 6]))
-    torch.testing.assert_close(default, expected([0.3, 1.5, 2.7]))
+    torch.testing.assert_close(antialiased, expected([0.3, 1.5, 2.7]))
 
 
 def test_jbu_paper_stack_for_patch_14_runs_four_layers_then_a_plain_resize():
@@ -79,10 +79,17 @@ def test_jbu_paper_stack_for_patch_14_runs_four_layers_then_a_plain_resize():
     torch.testing.assert_close(up(features, image), F.interpolate(full, size=(28, 28), mode="bilinear"))
 
 
+def test_jbu_default_is_the_paper_preset():
+    """The default is the original's behaviour (the synthetic benchmark's seeds back it: featup_jbu.py)."""
+    default, paper = create_upsampler("featup_jbu", 8, 14), create_upsampler("featup_jbu", 8, 14, preset="paper")
+    assert (default.preset, default.guidance_resize, default.final_antialias) == ("paper", "adaptive_avg", False)
+    assert (paper.guidance_resize, paper.final_antialias) == (default.guidance_resize, default.final_antialias)
+
+
 def test_jbu_flags_override_their_preset_and_bad_values_are_named():
     up = create_upsampler("featup_jbu", 8, 14, preset="paper", final_antialias=True)
     assert (up.guidance_resize, up.final_antialias) == ("adaptive_avg", True)
-    with pytest.raises(ValueError, match=r"preset='original'; expected one of \('default', 'paper'\)"):
+    with pytest.raises(ValueError, match=r"preset='original'; expected one of \('paper', 'antialiased'\)"):
         create_upsampler("featup_jbu", 8, 14, preset="original")
     with pytest.raises(ValueError, match=r"guidance_resize='nearest'; expected one of"):
         create_upsampler("featup_jbu", 8, 14, guidance_resize="nearest")
