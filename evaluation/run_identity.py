@@ -51,3 +51,17 @@ def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
             differences.append(f"{key}: {old!r} -> {value!r}")
     differences += [f"{key}: {saved[key]!r} -> (absent)" for key in saved if key not in current]
     return differences
+
+
+def refuse_another_run(saved: dict[str, Any], current: dict[str, Any], holder: str, remedy: str) -> None:
+    """Raise StaleRunError when ``saved``, the identity kept beside partial results, is not ``current``'s: the
+    message is ``"<holder> of another run (<differences>): <remedy>"``, or ``made by other code`` (whose results are
+    never mixed) when the code or a partial-results format differs. ``holder``: e.g. ``"<path> holds predictions"``."""
+    differences = identity_differences(saved, current)
+    if not differences:
+        return
+    keys = [difference.split(":")[0].split(".")[0] for difference in differences]
+    other_code = any(key == "code" or key.endswith("_version") for key in keys)
+    raise StaleRunError(f"{holder} {'made by other code' if other_code else 'of another run'} "
+                        f"({'; '.join(differences)}): "
+                        f"{'results of two code versions are not mixed; ' if other_code else ''}{remedy}")

@@ -40,6 +40,7 @@ from evaluation.datasets import DATASETS, IGNORE
 from evaluation.heads import HeadTrainer
 from evaluation.metrics import ConfusionMatrix, DepthMetrics
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
+from evaluation.run_identity import refuse_another_run
 from wrc.checkpoint import atomic_torch_save
 from wrc.extractor import DenseFeatureExtractor
 from wrc.settings import require_at_least_one
@@ -292,10 +293,8 @@ def resume_probe(path: Path, head: nn.Module, trainer: HeadTrainer, generator: t
         raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); delete it to start the probe over") \
             from None
     saved = state.get("identity", {"channels": state.get("channels")})
-    differences = [f"{key}: {saved.get(key)!r} -> {new!r}" for key, new in identity.items() if saved.get(key) != new]
-    if differences:
-        raise ValueError(f"{path} holds a probe of another run ({'; '.join(differences)}): use another run_dir, or "
-                         "delete the file to start over")
+    refuse_another_run(saved, identity, f"{path} holds a probe",
+                       "use another run_dir, or delete the file to start over")
     head.load_state_dict(state["head"])
     trainer.load_state_dict(state)
     generator.set_state(state["generator"])

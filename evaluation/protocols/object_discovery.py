@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.run_identity import StaleRunError, identity_differences, run_identity
+from evaluation.run_identity import refuse_another_run, run_identity
 from evaluation.synthetic.discovery import write_discovery_dataset
 from evaluation.tokencut import datasets
 from evaluation.tokencut.metrics import box_iou, corloc, is_correct
@@ -131,14 +131,8 @@ class PredictionStore:
                 saved = json.loads(path.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} cannot be read ({err}); delete it to start over") from None
-            differences = identity_differences(saved.get("identity", {}), self.identity)
-            if differences:
-                other_code = any(d.startswith(("code.", "code:", "predictions_version:")) for d in differences)
-                raise StaleRunError(f"{path} holds predictions "
-                                 + ("made by other code" if other_code else "of another run")
-                                 + f" ({'; '.join(differences)}): "
-                                 + ("results of two code versions are not mixed; " if other_code else "")
-                                 + "use another run_dir, or delete the file to start over")
+            refuse_another_run(saved.get("identity", {}), self.identity, f"{path} holds predictions",
+                               "use another run_dir, or delete the file to start over")
             self.items = saved["images"]
             log.info("resuming from %s: %d images done", path, len(self.items))
 

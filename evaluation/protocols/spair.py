@@ -59,7 +59,7 @@ from evaluation.keypoints.spair import (
     sample_pairs,
 )
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.run_identity import StaleRunError, identity_differences, run_identity
+from evaluation.run_identity import refuse_another_run, run_identity
 from evaluation.synthetic.keypoints import write_synthetic_spair
 from wrc.checkpoint import atomic_write_text
 from wrc.extractor import DenseFeatureExtractor
@@ -179,10 +179,8 @@ class SPair(Protocol):
 
 def check_identity(path: Path, saved: dict[str, Any], identity: dict[str, Any]) -> None:
     """Refuse the counts in ``path`` when the identity ``saved`` with them is not this run's."""
-    differences = identity_differences(saved, identity)
-    if differences:
-        raise StaleRunError(f"{path} holds results of another run ({'; '.join(differences)}): use another run_dir, or "
-                         "delete its spair_categories/ folder to start over")
+    refuse_another_run(saved, identity, f"{path} holds results",
+                       "use another run_dir, or delete its spair_categories/ folder to start over")
 
 
 def check_saved_identities(folder: Path, identity: dict[str, Any]) -> None:

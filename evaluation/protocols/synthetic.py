@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from evaluation.heads import fit_full_batch
 from evaluation.metrics import BoundaryFScore, ConfusionMatrix, cosine_per_image, relative_l2_per_image
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.run_identity import StaleRunError, identity_differences, run_identity
+from evaluation.run_identity import StaleRunError, refuse_another_run, run_identity
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import CLASSES, SyntheticScenes
 from wrc.checkpoint import atomic_torch_save, atomic_write_text
@@ -96,12 +96,11 @@ class PartialField:
         saved = folder / "identity.json"
         if saved.is_file():
             try:
-                differences = identity_differences(json.loads(saved.read_text()), self.identity)
+                kept = json.loads(saved.read_text())
             except json.JSONDecodeError:
-                differences = ["identity.json: unreadable"]
-            if differences:
-                raise StaleRunError(f"{folder} holds the partial results of another run ({'; '.join(differences)}): "
-                                    "delete the folder to start over, or use another run_dir")
+                kept = {"identity.json": "unreadable"}
+            refuse_another_run(kept, self.identity, f"{folder} holds partial results",
+                               "delete the folder to start over, or use another run_dir")
         elif folder.is_dir() and any(folder.iterdir()):
             raise StaleRunError(f"{folder} holds partial results without their identity.json, so whose they are is "
                                 "unknown: delete the folder to start over, or use another run_dir")

@@ -193,10 +193,10 @@ def test_the_manifest_records_the_code_version_and_commit_but_not_the_dirty_flag
     assert evaluate("davis", extractor, settings, run) is not None
     assert sorted(p.name for p in (run / "finished").iterdir()) == ["blob.json", "drift.json"]
     code["commit"] = "def5678"
-    with pytest.raises(ValueError, match=r"another run \(code.commit: 'abc1234' -> 'def5678'\)"):
+    with pytest.raises(ValueError, match=r"made by other code \(code.commit: 'abc1234' -> 'def5678'\)"):
         evaluate("davis", extractor, settings, run)
     code.update(commit="abc1234", version="1.3.0")
-    with pytest.raises(ValueError, match=r"another run \(code.version: '1.2.0' -> '1.3.0'\)"):
+    with pytest.raises(ValueError, match=r"made by other code \(code.version: '1.2.0' -> '1.3.0'\)"):
         evaluate("davis", extractor, settings, run)
 
 

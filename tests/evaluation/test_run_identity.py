@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evaluation.run_identity import identity_differences, run_identity
+import pytest
+
+from evaluation.run_identity import StaleRunError, identity_differences, refuse_another_run, run_identity
 from wrc import provenance
 
 
@@ -62,3 +64,14 @@ def test_identity_differences_name_changed_new_and_vanished_keys():
         "settings.tau: None -> 0.5", "settings.old: 1 -> (absent)", "code: None -> {'commit': 'b'}",
         "gone: 3 -> (absent)"]
     assert identity_differences(current, current) == []
+
+
+def test_refusing_another_run_names_each_difference_and_says_when_the_code_differs():
+    current = {"settings": {"seed": 1}, "code": {"commit": "b"}, "partial_version": 2}
+    refuse_another_run(current, current, "x holds results", "delete x")  # the same run: nothing raised
+    with pytest.raises(StaleRunError, match=r"^x holds results of another run \(settings.seed: 0 -> 1\): delete x$"):
+        refuse_another_run({**current, "settings": {"seed": 0}}, current, "x holds results", "delete x")
+    for saved in ({**current, "code": {"commit": "a"}}, {**current, "partial_version": 1}):
+        with pytest.raises(StaleRunError, match=r"^x holds results made by other code \(.*\): results of two code "
+                                                r"versions are not mixed; delete x$"):
+            refuse_another_run(saved, current, "x holds results", "delete x")
