@@ -102,11 +102,14 @@ class GuidedReverseNet(Upsampler):
         # (the encoder can fold the normalisation into its stem, GuidanceEncoder(image, grid, mean, std): as exact,
         # but its different rounding moves outputs of randomised networks by ~1e-5, so it is not the default)
         guide_2x, guide_1x = self.encoder(self.normalize(image), (h, w))
+        # every concatenation below then has channels-last inputs only, so it is channels-last itself: a mixed one
+        # comes out NCHW and each convolution reading it reorders it again (two or three per concatenation)
+        guide_2x, guide_1x = guide_2x.contiguous(memory_format=CL), guide_1x.contiguous(memory_format=CL)
         y = self.fuse(torch.cat([features, guide_1x], dim=1))  # B, C', h, w
         z = half_pixel_upsample(y, 2)  # B, C', 2h, 2w: the prior, on the solve's geometry
         if self.prior_refine is not None:
             z = z + self.prior_refine(torch.cat([z, guide_2x], dim=1))
-        x = self.lift(y, z, guide_2x).to(y.dtype)  # B, C', 2h, 2w
+        x = self.lift(y, z, guide_2x).to(y.dtype).contiguous(memory_format=CL)  # B, C', 2h, 2w
         out = self.head(self.out(torch.cat([x, guide_2x], dim=1)))  # B, C, 2h, 2w
         if self.feature_skip:
             out = out + half_pixel_upsample(features, 2)
