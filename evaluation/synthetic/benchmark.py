@@ -143,7 +143,8 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
     tick = time.perf_counter()
     for group, values in OWN_RECIPE.get(name, {}).items():
         config[group] = {**config[group], **values}
-    result = train(config, backbone=oracle, dataset=SyntheticScenes(args.train_scenes, args.image_size))
+    masks = config["objective"].get("mask_weight", 0) > 0  # LoftUp's mask term: the scenes' regions as its masks
+    result = train(config, backbone=oracle, dataset=SyntheticScenes(args.train_scenes, args.image_size, masks=masks))
     return result.upsampler.eval(), None if finished else time.perf_counter() - tick
 
 

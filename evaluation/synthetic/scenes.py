@@ -112,13 +112,21 @@ def generate_scene(seed: int, size: int | tuple[int, int] = 128, num_objects: tu
 
 class SyntheticScenes(Dataset):
     """``num_scenes`` scenes of ``image_size`` pixels, for training (``wrc.training.train``'s item contract:
-    ``{"image", "num_skipped"}``) or evaluation (``scene(i)``); the test split uses disjoint seeds."""
+    ``{"image", "num_skipped"}``) or evaluation (``scene(i)``); the test split uses disjoint seeds.
 
-    def __init__(self, num_scenes: int, image_size: int = 128, *, train: bool = True) -> None:
+    ``masks=True`` adds ``"masks"``: one boolean (H, W) mask per visible region (background first, then the shapes
+    in painting order; disjoint, covering the image), in the role SA-1B's SAM masks play for LoftUp's mask term."""
+
+    def __init__(self, num_scenes: int, image_size: int = 128, *, train: bool = True, masks: bool = False) -> None:
         if num_scenes < 1:
             raise ValueError(f"num_scenes must be >= 1; got {num_scenes}")
-        self.num_scenes, self.image_size = num_scenes, image_size
+        self.num_scenes, self.image_size, self.masks = num_scenes, image_size, masks
         self.offset = TRAIN_SEED_OFFSET if train else TEST_SEED_OFFSET
+
+    @property
+    def delivers_masks(self) -> bool:
+        """Whether items carry ``"masks"`` (the training loop passes them to the objective)."""
+        return self.masks
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -128,4 +136,8 @@ class SyntheticScenes(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index = item[0] if isinstance(item, tuple) else item
-        return {"image": self.scene(index).image, "num_skipped": 0}
+        scene = self.scene(index)
+        if not self.masks:
+            return {"image": scene.image, "num_skipped": 0}
+        present = scene.regions.unique()  # sorted; a shape painted over entirely has no mask
+        return {"image": scene.image, "num_skipped": 0, "masks": scene.regions[None] == present[:, None, None]}

@@ -140,7 +140,7 @@ class MultiviewTerms(Objective):
     def setup(self, backbone: FrozenBackbone) -> None:
         self.downsampler = BlurredAttentionDownsampler(backbone.embed_dim, backbone.patch_size, self.blur)
         if self.uses_masks:
-            log.info("%s: the SAM-mask term is on (weight %g, alpha %g) with the masks of data.masks_root", self.name,
+            log.info("%s: the SAM-mask term is on (weight %g, alpha %g) with the masks the data delivers", self.name,
                      self.mask_weight, self.mask_alpha)
         else:
             log.info("%s: the SAM-mask term is off (weight 0): LoftUp trains with SA-1B's masks; to use them pass "

@@ -18,6 +18,7 @@ def configs(monkeypatch):
 
     def fake_train(config, backbone, dataset):
         seen[config["model"]["name"]] = config
+        seen[config["model"]["name"] + ".dataset"] = dataset
         return SimpleNamespace(upsampler=benchmark.create_upsampler("bilinear", 32, 8))
 
     monkeypatch.setattr(wrc.training, "train", fake_train)
@@ -45,3 +46,14 @@ def test_every_recipe_names_known_methods_and_config_groups():
 
 def test_a_recipe_methods_record_states_the_learning_rate_it_trained_with():
     assert benchmark.recipe_lr("uplift") == {"lr": 1e-3} and benchmark.recipe_lr("jafar") == {}
+
+
+def test_the_scenes_deliver_their_region_masks_only_to_an_objective_with_a_mask_term(configs, tmp_path, monkeypatch):
+    """LoftUp's mask term takes SA-1B's masks in its paper; here the scenes' regions play that role."""
+    monkeypatch.setitem(benchmark.TRAINED, "loftup", ({"name": "loftup"}, {"name": "loftup_stage1",
+                                                                           "mask_weight": 1.0}))
+    args = benchmark.parse_args(["--work-dir", str(tmp_path)])
+    for name in ("loftup", "jafar"):
+        benchmark.train_method(name, benchmark.OracleBackbone(), args)
+    assert configs["loftup.dataset"].delivers_masks and "masks" in configs["loftup.dataset"][0]
+    assert not configs["jafar.dataset"].delivers_masks

@@ -42,6 +42,27 @@ def test_scenes_are_deterministic_and_every_region_has_its_own_colour(scenes):
                 assert (per_region[i] - per_region[j]).abs().max() >= CHROMA_GAP - 1e-6
 
 
+def test_scene_masks_are_the_visible_regions_and_collate_like_sa1b_masks():
+    """LoftUp's mask term reads the scenes' regions in place of SAM masks: one mask per visible region, disjoint,
+    covering the image, each exactly its region; a batch pads them with empty masks (wrc.data.datasets)."""
+    from wrc.data.datasets import stack_batch
+
+    plain, masked = SyntheticScenes(3, 64), SyntheticScenes(3, 64, masks=True)
+    assert not plain.delivers_masks and "masks" not in plain[0] and masked.delivers_masks
+    items = [masked[i] for i in range(3)]
+    for index, item in enumerate(items):
+        regions = masked.scene(index).regions
+        assert item["masks"].dtype == torch.bool and torch.equal(item["image"], plain[index]["image"])
+        assert torch.equal(item["masks"].sum(0), torch.ones(64, 64, dtype=torch.int64))  # disjoint, covering
+        for mask, region in zip(item["masks"], regions.unique(), strict=True):
+            assert torch.equal(mask, regions == region)
+    batch = stack_batch(items)
+    count = max(item["masks"].shape[0] for item in items)
+    assert batch["masks"].shape == (3, count, 64, 64) and len({item["masks"].shape[0] for item in items}) > 1
+    for row, item in zip(batch["masks"], items, strict=True):
+        assert torch.equal(row[: len(item["masks"])], item["masks"]) and not row[len(item["masks"]):].any()
+
+
 def test_class_is_not_recoverable_from_local_colour():
     """The best lookup from a pixel's quantised colour to a class (fitted on training scenes) does no better
     on held-out scenes than always answering the most frequent class."""
