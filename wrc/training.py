@@ -98,14 +98,15 @@ def check_data_extras(dataset: object, objective: Objective) -> None:
     delivers = bool(getattr(dataset, "delivers_masks", False))
     takes = "masks" in inspect.signature(objective.forward).parameters
     if delivers and not takes:
-        raise ValueError(f"data.masks_root is set but objective={objective.name} takes no masks (LoftUp's "
-                         "loftup_stage1 and loftup_stage2 do): unset data.masks_root or choose one of those")
+        raise ValueError(f"the data delivers masks (data.masks_root is set, or a dataset built with masks) but "
+                         f"objective={objective.name} takes none (LoftUp's loftup_stage1 and loftup_stage2 do): unset "
+                         "data.masks_root or choose one of those")
     if getattr(objective, "uses_masks", False) and not delivers:
         raise ValueError(f"objective={objective.name} has a mask term (objective.mask_weight > 0) but the data "
                          "delivers no masks: pass data.masks_root=<folder of SA-1B mask JSONs mirroring data.root> "
                          "(data=image_folder), or objective.mask_weight=0")
     if delivers and takes and not getattr(objective, "uses_masks", True):
-        log.warning("data.masks_root is set but objective.mask_weight is 0: the masks are loaded and not used")
+        log.warning("the data delivers masks but objective.mask_weight is 0: the masks are loaded and not used")
 
 
 def seed_everything(seed: int) -> None:

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.run_identity import plain, refuse_another_run, run_identity
+from evaluation.run_identity import StaleRunError, plain, refuse_another_run, run_identity
 from evaluation.synthetic.videos import write_davis_layout
 from evaluation.video.davis import DavisDataset
 from evaluation.video.jf import evaluate_results
@@ -114,14 +114,13 @@ def check_manifest(path: Path, identity: dict[str, Any]) -> bool:
     if not path.is_file():
         finished = sorted(p.stem for p in (path.parent / FINISHED).glob("*.json"))
         if finished:
-            raise ValueError(f"{path.parent} holds {len(finished)} finished sequence(s) ({', '.join(finished[:5])}"
+            raise StaleRunError(f"{path.parent} holds {len(finished)} finished sequence(s) ({', '.join(finished[:5])}"
                              f"{', ...' if len(finished) > 5 else ''}) but no {MANIFEST}: nothing says which settings, "
                              "upsampler, backbone and code produced them, so they cannot be resumed. Use another "
                              f"run_dir, or delete {path.parent / FINISHED} to propagate every sequence again")
         return True
     refuse_another_run(json.loads(path.read_text()), identity, f"{path.parent} holds DAVIS results",
-                       "its finished sequences would be mixed with these. Use another run_dir, or delete that "
-                       "folder to start over")
+                       "use another run_dir, or delete that folder to start over")
     return False
 
 

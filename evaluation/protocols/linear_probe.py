@@ -41,6 +41,7 @@ from evaluation.heads import HeadTrainer
 from evaluation.metrics import ConfusionMatrix, DepthMetrics
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
 from evaluation.run_identity import refuse_another_run
+from wrc import provenance
 from wrc.checkpoint import atomic_torch_save
 from wrc.extractor import DenseFeatureExtractor
 from wrc.settings import require_at_least_one
@@ -192,7 +193,11 @@ class LinearProbe(Protocol):
         identity = {"protocol": self.name, "upsampler": extractor.upsampler_spec(),
                     "dataset": dataset,
                     "channels": extractor.backbone.embed_dim, "backbone": extractor.backbone.spec(),
-                    "training": {k: v for k, v in dataclasses.asdict(settings).items() if k in RESUME_IDENTITY}}
+                    "training": {k: v for k, v in dataclasses.asdict(settings).items() if k in RESUME_IDENTITY},
+                    # as in every resumable protocol (evaluation.run_identity): an upsampler trained in memory is told
+                    # apart by its weights, and a probe of other code is never resumed
+                    "weights": provenance.weights_digest(getattr(extractor, "upsampler", None)),
+                    "code": provenance.code_identity()}
         if not self.train(head, source, train_set, settings, run_dir, identity):
             return Evaluation(metrics={}, dataset=dataset, completed=False)
         metrics, per_item, examples = self.evaluate_head(head, source, val_set, settings.examples)

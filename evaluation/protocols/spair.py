@@ -59,7 +59,7 @@ from evaluation.keypoints.spair import (
     sample_pairs,
 )
 from evaluation.protocol import Column, Evaluation, Protocol, TableSpec, register_protocol
-from evaluation.run_identity import refuse_another_run, run_identity
+from evaluation.run_identity import StaleRunError, refuse_another_run, run_identity
 from evaluation.synthetic.keypoints import write_synthetic_spair
 from wrc.checkpoint import atomic_write_text
 from wrc.extractor import DenseFeatureExtractor
@@ -227,8 +227,8 @@ def read_category(path: Path, identity: dict[str, Any], sample: list[str]) -> di
     saved = read_saved(path)
     check_identity(path, saved.pop("identity", {}), identity)
     if saved.get("sample") != sample:
-        raise ValueError(f"{path} was scored on other pair files than the dataset now gives (files added or removed?): "
-                         "delete its spair_categories/ folder to start over")
+        raise StaleRunError(f"{path} was scored on other pair files than the dataset now gives (files added or "
+                            "removed?): delete its spair_categories/ folder to start over")
     return saved
 
 

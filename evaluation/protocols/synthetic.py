@@ -97,8 +97,9 @@ class PartialField:
         if saved.is_file():
             try:
                 kept = json.loads(saved.read_text())
-            except json.JSONDecodeError:
-                kept = {"identity.json": "unreadable"}
+            except json.JSONDecodeError as err:  # written atomically: only a foreign or hand-edited file gets here
+                raise StaleRunError(f"{saved} cannot be read ({err}): delete the folder to start over, or use "
+                                    "another run_dir") from None
             refuse_another_run(kept, self.identity, f"{folder} holds partial results",
                                "delete the folder to start over, or use another run_dir")
         elif folder.is_dir() and any(folder.iterdir()):

@@ -143,9 +143,15 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
     tick = time.perf_counter()
     for group, values in OWN_RECIPE.get(name, {}).items():
         config[group] = {**config[group], **values}
-    masks = config["objective"].get("mask_weight", 0) > 0  # LoftUp's mask term: the scenes' regions as its masks
-    result = train(config, backbone=oracle, dataset=SyntheticScenes(args.train_scenes, args.image_size, masks=masks))
+    scenes = SyntheticScenes(args.train_scenes, args.image_size, masks=has_mask_term(config["objective"]))
+    result = train(config, backbone=oracle, dataset=scenes)
     return result.upsampler.eval(), None if finished else time.perf_counter() - tick
+
+
+def has_mask_term(objective: dict[str, Any]) -> bool:
+    """Whether an objective config turns a mask term on (LoftUp's: ``mask_weight`` and ``mask_alpha`` both > 0; the
+    objectives' own alphas are > 0): the scenes then deliver their regions as its masks, as SA-1B delivers SAM's."""
+    return float(objective.get("mask_weight") or 0) > 0 and float(objective.get("mask_alpha", 1) or 0) > 0
 
 
 def recipe_lr(name: str) -> dict[str, float]:

@@ -146,6 +146,23 @@ def test_a_probe_state_of_another_run_is_refused(tmp_path, test_vit):
         probe(build_extractor(test_vit, "nearest"), tmp_path / "run", voc_settings(root, epochs=1))
 
 
+def test_a_probe_state_of_other_code_or_other_weights_is_refused(tmp_path, test_vit, monkeypatch):
+    from wrc import provenance
+
+    root = fake_voc(tmp_path / "voc")
+    extractor = build_extractor(test_vit, {"name": "resize_conv"})
+    probe(extractor, tmp_path / "run", voc_settings(root, epochs=2, stop_after_epoch=1))
+    code = provenance.code_identity()
+    monkeypatch.setattr(provenance, "code_identity", lambda: {**code, "commit": "0123abc"})
+    with pytest.raises(ValueError, match=r"holds a probe made by other code \(code.commit: .*-> '0123abc'\)"):
+        probe(extractor, tmp_path / "run", voc_settings(root, epochs=2))
+    monkeypatch.setattr(provenance, "code_identity", lambda: code)
+    with torch.no_grad():  # the same method trained further: another run
+        next(extractor.upsampler.parameters()).add_(0.1)
+    with pytest.raises(ValueError, match="holds a probe of another run \\(weights: "):
+        probe(extractor, tmp_path / "run", voc_settings(root, epochs=2))
+
+
 def test_probe_state_is_written_atomically_and_a_torn_one_is_a_clear_error(tmp_path, bilinear, monkeypatch):
     root = fake_voc(tmp_path / "voc")
     probe(bilinear, tmp_path / "run", voc_settings(root, epochs=2, stop_after_epoch=1))

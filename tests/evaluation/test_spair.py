@@ -461,7 +461,8 @@ def test_max_categories_stops_on_purpose_and_another_run_is_refused(tmp_path, te
     assert saved["code"] == version
     for key, value in (("commit", "0123abc"), ("version", "99.0")):
         monkeypatch.setattr(provenance, "code_identity", lambda key=key, value=value: {**version, key: value})
-        with pytest.raises(ValueError, match=rf"cat.json holds results made by other code \(code.{key}: .*-> '{value}'"):
+        with pytest.raises(ValueError, match=rf"cat.json holds results made by other code \(code.{key}: .*"
+                                             rf"-> '{value}'"):
             run_spair(tmp_path, identity_extractor(), **settings)
     # ...but whether the tree was dirty is not: editing files must not refuse every rerun
     monkeypatch.setattr(provenance, "code_identity", lambda: dict(version))

@@ -108,6 +108,18 @@ def test_exported_program_matches_eager_at_two_sizes(name, device):
         torch.testing.assert_close(out, model(features, image), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["paper", "antialiased"])
+def test_featup_jbu_presets_export_for_patch_14(preset):
+    """Patch 14 with four layers: the stack overshoots (16 cells per token for 14 px) and shrinks to the image, the
+    paper preset plainly and the antialiased one with a filter; the paper's guidance pooling has uneven windows."""
+    model = upsampler("featup_jbu", patch=14, preset=preset, num_layers=4)
+    exported = program("featup_jbu", patch=14, preset=preset, num_layers=4)
+    for grid in (EXPORT_GRID, OTHER_GRID):
+        features, image = inputs(grid, 1, patch=14, seed=1)
+        torch.testing.assert_close(exported.module()(features, image), model(features, image), atol=1e-5, rtol=1e-5)
+
+
 def test_fractional_guidance_pooling_exports_for_patch_14():
     """Patch 14: LiFT's adaptive max-pool has bins of 1 and 2 cells, whose layout changes with the size."""
     model, exported = upsampler("lift", patch=14), program("lift", patch=14)

@@ -169,7 +169,8 @@ def test_masks_and_objective_must_fit_together(tmp_path, caplog):
     lift = tiny_train_config(tmp_path / "lift")
     lift["data"] = {"name": "image_folder", "root": str(tmp_path / "sa1b"), "image_size": 32, "batch_size": 2,
                     "num_workers": 0, "masks_root": str(tmp_path / "sa1b")}
-    with pytest.raises(ValueError, match="data.masks_root is set but objective=lift_multiscale takes no masks"):
+    with pytest.raises(ValueError, match=r"data.masks_root is set, or a dataset built with masks\) but "
+                                         "objective=lift_multiscale takes none"):
         train(lift)
     with caplog.at_level(logging.INFO, logger="wrc"):
         result = train(loftup_config(tmp_path, {}, {}))

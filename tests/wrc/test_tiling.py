@@ -74,6 +74,19 @@ def test_local_methods_tile_exactly(name, size):
     assert relative_error(out, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("size", [None, (24, 16)], ids=["pixels", "2x"])
+def test_featup_jbu_antialiased_preset_tiles_exactly(size):
+    """The former default (antialiased guidance and final resize) beside the default of LOCAL's featup_jbu."""
+    up = randomised("featup_jbu", 8, 8, preset="antialiased")
+    feats, image = inputs(8, 8, (12, 8))
+    with torch.no_grad():
+        ref = up(feats, image, size)
+        plan = plan_tiles(up, (12, 8), (96, 64), tuple(ref.shape[-2:]), tile=32)
+        out = tiled_upsample(up, feats, image, size, tile=32)
+    assert plan.exact and plan.num_tiles == 6, plan.reasons
+    assert relative_error(out, ref) <= 1e-5
+
+
 @pytest.mark.parametrize("name", ["bilinear", "lift", "resize_conv"])
 def test_outputs_that_are_no_multiple_of_the_grid_tile_exactly(name):
     """(100, 70) from a 12 x 8 grid: tiles run at the method's own grid and are resized like the method does."""

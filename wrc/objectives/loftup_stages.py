@@ -19,8 +19,8 @@ bicubically upsampled features with each mask's pixels pulled 80 % toward the ma
 paper), stage 2 refines the teacher's output the same way with 50 %. ``forward(..., masks=)`` takes them as a
 (B, M, H, W) map per image (value > 0 inside, later masks overwrite earlier ones, padding masks all zero), which
 the image-folder data delivers from SA-1B's mask files with ``data.masks_root`` (wrc.data.masks: each mask through the
-image's crop). Without masks the terms have weight 0 (the default, logged at setup); a mask weight without masks is
-an error before training starts.
+image's crop), and the synthetic benchmark's scenes from their regions. Without masks the terms have weight 0 (the
+default, logged at setup); a mask weight without masks is an error before training starts.
 
 Where the framework differs: jitters zoom in [1, 1 + max_zoom] (FeatUp's jitter) where LoftUp draws a zoom in
 [0.9, 1.1] per axis; the random projection is drawn per jitter; the teacher's output is resized to the student's

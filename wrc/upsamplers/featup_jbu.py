@@ -29,6 +29,8 @@ gives every tap its gradient on every device; a request smaller than 2^L tokens 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +46,9 @@ PRESETS: dict[str, dict[str, object]] = {  # the flags each preset sets (an expl
     "paper": {"guidance_resize": "adaptive_avg", "final_antialias": False},
     "antialiased": {"guidance_resize": "bilinear", "final_antialias": True},
 }
+RENAMED_PRESETS = {"default": "antialiased"}  # the default before 2026-12-02: checkpoints saved with it still load
+
+log = logging.getLogger("wrc")
 
 
 class JointBilateralLayer(nn.Module):
@@ -122,6 +127,10 @@ class FeatUpJBU(StackedUpsampler):
         super().__init__(in_channels, patch_size)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1; got {num_layers}")
+        if preset in RENAMED_PRESETS:
+            log.warning("featup_jbu: preset=%r is now called %r (the default is 'paper'); loading it as %r", preset,
+                        RENAMED_PRESETS[preset], RENAMED_PRESETS[preset])
+            preset = RENAMED_PRESETS[preset]
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r}; expected one of {tuple(PRESETS)}")
         flags = {"guidance_resize": guidance_resize, "final_antialias": final_antialias}

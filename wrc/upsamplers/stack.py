@@ -2,7 +2,8 @@
 
 Size policy: layer i is applied while the output is still smaller than the requested size and
 layers remain; a ``finish`` hook runs (e.g. JBU's refinement), then one resize lands exactly on the
-requested size (antialiased when shrinking). So a 224 image with patch 14 (16 tokens) gets
+requested size (antialiased when shrinking, unless a subclass says otherwise: FeatUp-JBU's paper preset
+samples bilinearly, as the original). So a 224 image with patch 14 (16 tokens) gets
 32 -> 64 -> 128 -> 256 from four layers and is then resized to 224, as FeatUp does; asking for 2x
 uses only the first layer.
 """

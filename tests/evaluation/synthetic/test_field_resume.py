@@ -111,3 +111,11 @@ def test_partial_results_without_their_identity_are_refused(tmp_path):
     (tmp_path / PARTIAL / "identity.json").unlink()
     with pytest.raises(StaleRunError, match="without their identity.json"):
         run(extractor_with_budget([]), tmp_path)
+
+
+def test_an_unreadable_identity_is_named_as_such(tmp_path):
+    with pytest.raises(Killed):
+        run(extractor_with_budget([], 3), tmp_path)
+    (tmp_path / PARTIAL / "identity.json").write_text("{not json")
+    with pytest.raises(StaleRunError, match=r"identity.json cannot be read \(.*\): delete the folder"):
+        run(extractor_with_budget([]), tmp_path)

@@ -57,3 +57,9 @@ def test_the_scenes_deliver_their_region_masks_only_to_an_objective_with_a_mask_
         benchmark.train_method(name, benchmark.OracleBackbone(), args)
     assert configs["loftup.dataset"].delivers_masks and "masks" in configs["loftup.dataset"][0]
     assert not configs["jafar.dataset"].delivers_masks
+
+
+def test_a_mask_term_is_on_only_with_a_weight_and_a_share_above_zero():
+    assert benchmark.has_mask_term({"name": "loftup_stage1", "mask_weight": 1.0})
+    assert not benchmark.has_mask_term({"name": "loftup_stage1", "mask_weight": 1.0, "mask_alpha": 0.0})
+    assert not benchmark.has_mask_term({"name": "loftup_stage1"}) and not benchmark.has_mask_term({"name": "jafar"})

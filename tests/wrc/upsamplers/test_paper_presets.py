@@ -86,6 +86,14 @@ def test_jbu_default_is_the_paper_preset():
     assert (paper.guidance_resize, paper.final_antialias) == (default.guidance_resize, default.final_antialias)
 
 
+def test_jbu_former_default_preset_name_loads_as_antialiased(caplog):
+    """Checkpoints saved before the default changed say preset="default": they mean the antialiased flags."""
+    with caplog.at_level("WARNING", logger="wrc"):
+        old = create_upsampler("featup_jbu", 8, 14, preset="default")
+    assert (old.preset, old.guidance_resize, old.final_antialias) == ("antialiased", "bilinear", True)
+    assert "preset='default' is now called 'antialiased'" in caplog.text
+
+
 def test_jbu_flags_override_their_preset_and_bad_values_are_named():
     up = create_upsampler("featup_jbu", 8, 14, preset="paper", final_antialias=True)
     assert (up.guidance_resize, up.final_antialias) == ("adaptive_avg", True)
