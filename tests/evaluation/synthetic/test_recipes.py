@@ -48,10 +48,9 @@ def test_a_recipe_methods_record_states_the_learning_rate_it_trained_with():
     assert benchmark.recipe_lr("uplift") == {"lr": 1e-3} and benchmark.recipe_lr("jafar") == {}
 
 
-def test_the_scenes_deliver_their_region_masks_only_to_an_objective_with_a_mask_term(configs, tmp_path, monkeypatch):
+def test_the_scenes_deliver_their_region_masks_only_to_an_objective_with_a_mask_term(configs, tmp_path):
     """LoftUp's mask term takes SA-1B's masks in its paper; here the scenes' regions play that role."""
-    monkeypatch.setitem(benchmark.TRAINED, "loftup", ({"name": "loftup"}, {"name": "loftup_stage1",
-                                                                           "mask_weight": 1.0}))
+    assert benchmark.TRAINED["loftup"][1] == {"name": "loftup_stage1", "mask_weight": 1.0}
     args = benchmark.parse_args(["--work-dir", str(tmp_path)])
     for name in ("loftup", "jafar"):
         benchmark.train_method(name, benchmark.OracleBackbone(), args)
@@ -63,3 +62,12 @@ def test_a_mask_term_is_on_only_with_a_weight_and_a_share_above_zero():
     assert benchmark.has_mask_term({"name": "loftup_stage1", "mask_weight": 1.0})
     assert not benchmark.has_mask_term({"name": "loftup_stage1", "mask_weight": 1.0, "mask_alpha": 0.0})
     assert not benchmark.has_mask_term({"name": "loftup_stage1"}) and not benchmark.has_mask_term({"name": "jafar"})
+
+
+def test_loftup_trains_with_its_stage_1_optimiser(configs, tmp_path):
+    """config/experiment/loftup_stage1.yaml: lr 1e-4 constant after a 10-step warm-up, no decay, no clipping."""
+    benchmark.train_method("loftup", benchmark.OracleBackbone(), benchmark.parse_args(["--work-dir", str(tmp_path)]))
+    optimizer, train = configs["loftup"]["optimizer"], configs["loftup"]["train"]
+    assert (optimizer["lr"], optimizer["weight_decay"], optimizer["scheduler"], optimizer["warmup_steps"]) == \
+        (1e-4, 0.0, "constant", 10)
+    assert train["grad_clip"] == 0.0 and benchmark.recipe_lr("loftup") == {"lr": 1e-4}

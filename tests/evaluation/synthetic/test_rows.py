@@ -33,7 +33,9 @@ def test_rows_say_how_a_method_is_used_and_which_are_ranked():
     label, ranked = benchmark.row_label("featup_implicit", args)
     assert label == "featup_implicit (under budget: 30 of 1200 steps)" and not ranked
     assert benchmark.row_label("featup_implicit", benchmark.parse_args(["--implicit-steps", "1200"]))[1]
-    label, ranked = benchmark.row_label("loftup", args)  # a row under investigation is shown, labelled, not ranked
-    assert label.startswith("loftup (not yet a result: ") and not ranked
+    label, ranked = benchmark.row_label("loftup", args)  # its stage 1 is one epoch of SA-1B-1M: 125k steps
+    assert label == "loftup (under budget: 200 of 125000 steps)" and not ranked
+    assert not benchmark.row_label("loftup", benchmark.parse_args(["--steps", "124999"]))[1]
+    assert benchmark.row_label("loftup", benchmark.parse_args(["--steps", "125000"])) == ("loftup", True)
     assert benchmark.row_label("uplift", args) == ("uplift", True)  # trained with its own recipe (OWN_RECIPE)
     assert {"lift_2steps", "lift_3steps"} <= set(args.methods)
