@@ -45,6 +45,7 @@ from evaluation.tables import write_table
 from wrc.arguments import positive_int
 from wrc.checkpoint import latest_checkpoint
 from wrc.extractor import DenseFeatureExtractor
+from wrc.objectives import create_objective
 from wrc.provenance import environment
 from wrc.upsamplers import Upsampler, create_upsampler
 
@@ -155,9 +156,9 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
 
 
 def has_mask_term(objective: dict[str, Any]) -> bool:
-    """Whether an objective config turns a mask term on (LoftUp's: ``mask_weight`` and ``mask_alpha`` both > 0; the
-    objectives' own alphas are > 0): the scenes then deliver their regions as its masks, as SA-1B delivers SAM's."""
-    return float(objective.get("mask_weight") or 0) > 0 and float(objective.get("mask_alpha", 1) or 0) > 0
+    """Whether an objective config turns a mask term on, as the objective itself says (``uses_masks``: LoftUp's
+    weight and share both > 0): the scenes then deliver their regions as its masks, as SA-1B delivers SAM's."""
+    return bool(getattr(create_objective(**objective), "uses_masks", False))
 
 
 def recipe_lr(name: str) -> dict[str, float]:

@@ -120,13 +120,9 @@ class SyntheticScenes(Dataset):
     def __init__(self, num_scenes: int, image_size: int = 128, *, train: bool = True, masks: bool = False) -> None:
         if num_scenes < 1:
             raise ValueError(f"num_scenes must be >= 1; got {num_scenes}")
-        self.num_scenes, self.image_size, self.masks = num_scenes, image_size, masks
+        self.num_scenes, self.image_size = num_scenes, image_size
+        self.delivers_masks = masks  # items carry "masks": the training loop passes them to the objective
         self.offset = TRAIN_SEED_OFFSET if train else TEST_SEED_OFFSET
-
-    @property
-    def delivers_masks(self) -> bool:
-        """Whether items carry ``"masks"`` (the training loop passes them to the objective)."""
-        return self.masks
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -137,7 +133,7 @@ class SyntheticScenes(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index = item[0] if isinstance(item, tuple) else item
         scene = self.scene(index)
-        if not self.masks:
+        if not self.delivers_masks:
             return {"image": scene.image, "num_skipped": 0}
         present = scene.regions.unique()  # sorted; a shape painted over entirely has no mask
         return {"image": scene.image, "num_skipped": 0, "masks": scene.regions[None] == present[:, None, None]}
