@@ -60,8 +60,8 @@ def refuse_another_run(saved: dict[str, Any], current: dict[str, Any], holder: s
     differences = identity_differences(saved, current)
     if not differences:
         return
-    keys = [difference.split(":")[0].split(".")[0] for difference in differences]
-    other_code = any(key == "code" or key.endswith("_version") for key in keys)
+    other_code = any(saved.get(key) != current.get(key) for key in saved.keys() | current.keys()
+                     if key == "code" or key.endswith("_version"))
     raise StaleRunError(f"{holder} {'made by other code' if other_code else 'of another run'} "
                         f"({'; '.join(differences)}): "
                         f"{'results of two code versions are not mixed; ' if other_code else ''}{remedy}")
