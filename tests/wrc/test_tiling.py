@@ -60,24 +60,16 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max())
 
 
-@pytest.mark.parametrize("name", LOCAL)
+# featup_jbu's default is the paper preset; its former default (antialiased guidance and final resize) beside it
+LOCAL_SETTINGS = [(name, {}) for name in LOCAL] + [("featup_jbu", {"preset": "antialiased"})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), LOCAL_SETTINGS,
+                         ids=[name + "".join(f"-{v}" for v in kw.values()) for name, kw in LOCAL_SETTINGS])
 @pytest.mark.parametrize("size", [None, (24, 16)], ids=["pixels", "2x"])
-def test_local_methods_tile_exactly(name, size):
+def test_local_methods_tile_exactly(name, kwargs, size):
     """96 x 64 px (12 x 8 tokens of patch 8), tiles of 32 px: 3 x 2 tiles, interior seams on both axes."""
-    up = randomised(name, 8, 8)
-    feats, image = inputs(8, 8, (12, 8))
-    with torch.no_grad():
-        ref = up(feats, image, size)
-        plan = plan_tiles(up, (12, 8), (96, 64), tuple(ref.shape[-2:]), tile=32)
-        out = tiled_upsample(up, feats, image, size, tile=32)
-    assert plan.exact and plan.num_tiles == 6, plan.reasons
-    assert relative_error(out, ref) <= 1e-5
-
-
-@pytest.mark.parametrize("size", [None, (24, 16)], ids=["pixels", "2x"])
-def test_featup_jbu_antialiased_preset_tiles_exactly(size):
-    """The former default (antialiased guidance and final resize) beside the default of LOCAL's featup_jbu."""
-    up = randomised("featup_jbu", 8, 8, preset="antialiased")
+    up = randomised(name, 8, 8, **kwargs)
     feats, image = inputs(8, 8, (12, 8))
     with torch.no_grad():
         ref = up(feats, image, size)
