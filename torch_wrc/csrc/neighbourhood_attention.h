@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <cstdint>
 
@@ -47,6 +48,20 @@ inline void check_neighbourhood_attention_args(const char* op, const at::Tensor&
   TORCH_CHECK(average_heads || v.size(1) % heads == 0, op, ": heads = ", heads,
               " must divide the value channels ", v.size(1), " (average_heads = false)");
   TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), op, ": q, k and v must share a device");
+}
+
+// (B, n, h, w) -> (B, h, w, n) in the accumulation type, contiguous: the tokens as both kernels read them (one
+// token's channels side by side) and as their key and value gradients accumulate.
+inline at::Tensor channel_last(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).to(at::toOpMathType(t.scalar_type())).contiguous();
+}
+
+// A gradient accumulated channel-last, (B, h, w, n) in the accumulation type, back to the (B, n, h, w) layout and
+// dtype of the input ``like`` it belongs to.
+inline at::Tensor from_channel_last(const at::Tensor& grad_cl, const at::Tensor& like) {
+  auto grad = at::empty(like.sizes(), like.options());
+  grad.copy_(grad_cl.permute({0, 3, 1, 2}));
+  return grad;
 }
 
 // The upstream gradient: like the output (B, C, Ho, Wo), in q's dtype and on its device.

@@ -105,11 +105,6 @@ void store_row(const T* src, int64_t n, int64_t plane, int64_t Wo, scalar_t* dst
     for (int64_t x = 0; x < Wo; ++x) dst[c * plane + x] = static_cast<scalar_t>(src[x * n + c]);
 }
 
-// (B, n, h, w) -> (B, h, w, n) in the accumulation type: the tokens, channel-last.
-at::Tensor channel_last(const at::Tensor& t) {
-  return t.permute({0, 2, 3, 1}).to(at::toOpMathType(t.scalar_type())).contiguous();
-}
-
 at::Tensor neighbourhood_attention_cpu(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                                        int64_t kernel, int64_t heads, bool average_heads, double scale) {
   check_neighbourhood_attention_args("wrc::neighbourhood_attention", q_, k_, v_, kernel, heads, average_heads);
@@ -263,10 +258,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neighbourhood_attention_backward_
       gather_pieces(g, pieces, pv, g.C, grad_v_cl.data_ptr<T>());
     });
   }
-  auto grad_k = at::empty(k_.sizes(), k_.options()), grad_v = at::empty(v_.sizes(), v_.options());
-  grad_k.copy_(grad_k_cl.permute({0, 3, 1, 2}));
-  grad_v.copy_(grad_v_cl.permute({0, 3, 1, 2}));
-  return {grad_q, grad_k, grad_v};
+  return {grad_q, from_channel_last(grad_k_cl, k_), from_channel_last(grad_v_cl, v_)};
 }
 
 }  // namespace

@@ -192,11 +192,6 @@ __global__ void __launch_bounds__(kPixelThreads)
   }
 }
 
-// (B, n, h, w) -> (B, h, w, n) in the accumulation type.
-at::Tensor channel_last(const at::Tensor& t) {
-  return t.permute({0, 2, 3, 1}).to(at::toOpMathType(t.scalar_type())).contiguous();
-}
-
 void check_launch(const char* op, int64_t pixels, int64_t shared_values, int64_t value_size) {
   TORCH_CHECK(pixels <= std::numeric_limits<int32_t>::max(), op, ": at most 2^31 - 1 output pixels (B Ho Wo); got ",
               pixels);
@@ -256,10 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neighbourhood_attention_backward_
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  auto grad_k = at::empty(k_.sizes(), k_.options()), grad_v = at::empty(v_.sizes(), v_.options());
-  grad_k.copy_(grad_keys.permute({0, 3, 1, 2}));
-  grad_v.copy_(grad_values.permute({0, 3, 1, 2}));
-  return {grad_q, grad_k, grad_v};
+  return {grad_q, from_channel_last(grad_keys, k_), from_channel_last(grad_values, v_)};
 }
 
 }  // namespace
