@@ -73,6 +73,9 @@ TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own object
     "uplift": ({"name": "uplift"}, {"name": "uplift_multidepth"}),
     # LoftUp's stage 1 with its mask term on, the scenes' regions in the role of SA-1B's SAM masks (its paper's run)
     "loftup": ({"name": "loftup"}, {"name": "loftup_stage1", "mask_weight": 1.0}),
+    # both of LoftUp's stages: stage 2 (EMA-teacher self-distillation, masks refining the teacher) from the stage-1 run
+    # (STARTS_FROM) on larger scenes (LARGER_SCENES), crop offsets on the token lattice (8 px, the oracle's patch)
+    "loftup_2stages": ({"name": "loftup"}, {"name": "loftup_stage2", "mask_weight": 1.0, "crop_align": 8}),
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
 }
@@ -83,6 +86,12 @@ USES: dict[str, tuple[str, int, str]] = {  # row: (trained run it reuses, native
     "lift_2steps": ("lift", 2, "two chained steps: LiFT Table 8"),
     "lift_3steps": ("lift", 3, "three chained steps to 8x: outside the paper's regime"),
 }
+# Rows whose training starts from another row's finished run (the objective's init_from): LoftUp's stage 2 from stage 1
+STARTS_FROM = {"loftup_2stages": "loftup"}
+# Rows trained on scenes larger than --image-size: (factor, the objective's sizes as shares of the scene). LoftUp's
+# stage 2 trains on images 4x its stage 1's (896 vs 224 px) at student sizes 224 ... 518 of them; here on scenes 2x
+# (4x would cost 30x stage 1's attention on a CPU) at the same shares, rounded to the oracle's patch
+LARGER_SCENES = {"loftup_2stages": (2, (0.25, 0.375, 0.5, 0.578))}
 MIN_STEPS = {"lift": 1000}  # no skip path (starts from random output): at 200 steps it loses to bilinear on its own
 # training pairs; at 1000 it beats bilinear at 2x (lift_regime.md)
 # Methods whose training dies under the shared optimiser train with their paper's (its experiment config): UPLiFT's
@@ -99,10 +108,13 @@ OWN_RECIPE: dict[str, dict[str, dict[str, Any]]] = {
                "train": {"grad_clip": 0.0}},
     "loftup": {"optimizer": {"lr": 1e-4, "weight_decay": 0.0, "scheduler": "constant", "warmup_steps": 10},
                "train": {"grad_clip": 0.0}},
+    # LoftUp's stage 2 (config/experiment/loftup_stage2.yaml): AdamW at a constant 1e-3, decay 0.01, no clipping
+    "loftup_2stages": {"optimizer": {"lr": 1e-3, "weight_decay": 0.01, "scheduler": "constant", "warmup_steps": 0},
+                       "train": {"grad_clip": 0.0}},
 }
 # A method's own budget (FeatUp's fitting steps per image; LoftUp's stage-1 steps, one epoch of SA-1B-1M at batch 8):
 # a row below it is labelled under budget and never ranked
-OWN_BUDGET = {"featup_implicit": 1200, "loftup": 125_000}
+OWN_BUDGET = {"featup_implicit": 1200, "loftup": 125_000, "loftup_2stages": 125_000}  # the last: stage 2's steps
 # Trained rows that are not results yet, with why (benchmarks/results/synthetic/synthetic.md's notes): shown, labelled,
 # never ranked, until the cause is found
 NOT_YET_RESULTS: dict[str, str] = {}
@@ -140,9 +152,16 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
     from wrc.training import train
 
     model, objective = TRAINED[name]
-    steps = training_steps(name, args)
-    run_dir = Path(args.work_dir) / (name if steps == args.steps else f"{name}_{steps}steps")
-    config = training_config(model, objective, steps=steps, image_size=args.image_size,
+    if name in STARTS_FROM:  # the earlier stage first (trained, resumed or found finished)
+        train_method(STARTS_FROM[name], oracle, args)
+        objective = {**objective, "init_from": str(run_dir_of(STARTS_FROM[name], args))}
+    steps, run_dir, image_size = training_steps(name, args), run_dir_of(name, args), args.image_size
+    if name in LARGER_SCENES:
+        factor, shares = LARGER_SCENES[name]
+        image_size *= factor
+        patch = oracle.patch_size
+        objective = {**objective, "sizes": [round(share * image_size / patch) * patch for share in shares]}
+    config = training_config(model, objective, steps=steps, image_size=image_size,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                              run_dir=run_dir)
     last = latest_checkpoint(run_dir / "checkpoints")
@@ -150,9 +169,15 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
     tick = time.perf_counter()
     for group, values in OWN_RECIPE.get(name, {}).items():
         config[group] = {**config[group], **values}
-    scenes = SyntheticScenes(args.train_scenes, args.image_size, masks=has_mask_term(config["objective"]))
+    scenes = SyntheticScenes(args.train_scenes, image_size, masks=has_mask_term(config["objective"]))
     result = train(config, backbone=oracle, dataset=scenes)
     return result.upsampler.eval(), None if finished else time.perf_counter() - tick
+
+
+def run_dir_of(name: str, args: argparse.Namespace) -> Path:
+    """A learned method's run directory under ``--work-dir`` (its steps in the name where MIN_STEPS raised them)."""
+    steps = training_steps(name, args)
+    return Path(args.work_dir) / (name if steps == args.steps else f"{name}_{steps}steps")
 
 
 def has_mask_term(objective: dict[str, Any]) -> bool:
@@ -311,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         scores = score(name, upsampler, oracle, args, {
             "objective": objective, "train_seconds": seconds, "model": model, "ranked": ranked,
             "training": {**setting, **recipe_lr(trained), "steps": training_steps(trained, args) if trained in TRAINED
-                         else 0, "native_steps": upsampler.native_steps, **OWN_RECIPE.get(trained, {})},
+                         else 0, "native_steps": upsampler.native_steps, **OWN_RECIPE.get(trained, {}),
+                         **({"starts_from": STARTS_FROM[trained]} if trained in STARTS_FROM else {}),
+                         **({"image_size": LARGER_SCENES[trained][0] * args.image_size} if trained in LARGER_SCENES
+                            else {})},
             "parameters": sum(p.numel() for p in upsampler.parameters())}, label=label)
         log.info("%-16s %s", name, "  ".join(f"{task} {headline(task, metrics)}" for task, metrics in scores.items()))
     env = environment(torch.device(args.device))

@@ -42,6 +42,7 @@ def test_every_recipe_names_known_methods_and_config_groups():
     for name, groups in benchmark.OWN_RECIPE.items():
         assert name in benchmark.TRAINED
         assert set(groups) <= {"optimizer", "train"}
+    assert set(benchmark.STARTS_FROM) | set(benchmark.LARGER_SCENES) <= set(benchmark.TRAINED)
 
 
 def test_a_recipe_methods_record_states_the_learning_rate_it_trained_with():
@@ -72,3 +73,28 @@ def test_loftup_trains_with_its_stage_1_optimiser(configs, tmp_path):
     assert (optimizer["lr"], optimizer["weight_decay"], optimizer["scheduler"], optimizer["warmup_steps"]) == \
         (1e-4, 0.0, "constant", 10)
     assert train["grad_clip"] == 0.0 and benchmark.recipe_lr("loftup") == {"lr": 1e-4}
+
+
+def test_loftups_stage_2_starts_from_its_stage_1_run_on_larger_scenes(monkeypatch, tmp_path):
+    """config/experiment/loftup_stage2.yaml, scaled: stage 1's run is trained first and its directory is stage 2's
+    init_from; stage 2's scenes are twice --image-size with student sizes at LoftUp's shares of the image (224 ... 518
+    of 896 px) on the oracle's 8-px lattice, its masks on, and its own optimiser (AdamW 1e-3 constant, decay 0.01)."""
+    calls = []
+
+    def fake_train(config, backbone, dataset):
+        calls.append((config, dataset))
+        return SimpleNamespace(upsampler=benchmark.create_upsampler("bilinear", 32, 8))
+
+    monkeypatch.setattr(wrc.training, "train", fake_train)
+    args = benchmark.parse_args(["--work-dir", str(tmp_path), "--image-size", "128"])
+    benchmark.train_method("loftup_2stages", benchmark.OracleBackbone(), args)
+    (stage1, scenes1), (stage2, scenes2) = calls
+    assert stage1["objective"]["name"] == "loftup_stage1" and stage1["run_dir"] == str(tmp_path / "loftup")
+    assert stage2["objective"]["name"] == "loftup_stage2" and stage2["run_dir"] == str(tmp_path / "loftup_2stages")
+    assert stage2["objective"]["init_from"] == stage1["run_dir"]
+    assert stage2["objective"]["sizes"] == [64, 96, 128, 144] and stage2["objective"]["crop_align"] == 8
+    assert stage2["data"]["image_size"] == 256 and scenes2[0]["image"].shape[-2:] == (256, 256)
+    assert scenes1[0]["image"].shape[-2:] == (128, 128) and scenes2.delivers_masks and scenes1.delivers_masks
+    assert (stage2["optimizer"]["lr"], stage2["optimizer"]["weight_decay"], stage2["optimizer"]["scheduler"]) == \
+        (1e-3, 0.01, "constant") and stage2["train"]["grad_clip"] == 0.0
+    assert stage2["model"] == stage1["model"] == {"name": "loftup"}

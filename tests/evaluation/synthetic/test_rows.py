@@ -37,5 +37,7 @@ def test_rows_say_how_a_method_is_used_and_which_are_ranked():
     assert label == "loftup (under budget: 200 of 125000 steps)" and not ranked
     assert not benchmark.row_label("loftup", benchmark.parse_args(["--steps", "124999"]))[1]
     assert benchmark.row_label("loftup", benchmark.parse_args(["--steps", "125000"])) == ("loftup", True)
+    label, ranked = benchmark.row_label("loftup_2stages", args)  # its stage 2 is one epoch too
+    assert label == "loftup_2stages (under budget: 200 of 125000 steps)" and not ranked
     assert benchmark.row_label("uplift", args) == ("uplift", True)  # trained with its own recipe (OWN_RECIPE)
     assert {"lift_2steps", "lift_3steps"} <= set(args.methods)
