@@ -205,9 +205,13 @@ def test_a_guided_upsampler_beats_bilinear_on_every_task(small_benchmark):
     """Each task's ground-truth version, scored through its protocol's own code on generated data: WRC (guided by
     the image, trained 100 steps on the field task's scenes) beats bilinear on every task's fine-grained
     metric, and the true field (ground_truth) is at least as good as both. PCK@0.1 is left out: at 10 % of the
-    box both find the marker's region, and WRC's occasional far-off match weighs more there."""
+    box both find the marker's region, and WRC's occasional far-off match weighs more there. PCK@0.05 is a claim of
+    the full scale only (test_committed_claims.py: 0.879-0.891 against 0.837 in each of three seeds): at this scale
+    WRC's PCK@0.05 was 0.816 / 0.834 / 0.876 at seeds 0-2 against bilinear's 0.858 (one thread; 0.845 at seed 0 with
+    two threads, rounding alone), 0.76-0.85 against 0.84 with 8 items, and 0.863-0.907 against 0.858 after 200 steps
+    (2026-12-02): no margin a CI machine keeps. PCK@0.01 held in all nine runs (0.05-0.18 against 0.01-0.04)."""
     _, out = small_benchmark
-    finest = {"davis": ("jf_mean", "f_mean"), "spair": ("pck@0.05", "pck@0.01"), "object_discovery": ("corloc",),
+    finest = {"davis": ("jf_mean", "f_mean"), "spair": ("pck@0.01",), "object_discovery": ("corloc",),
               "salient": ("max_f", "iou")}
     for protocol, metrics in finest.items():
         scores = {p.stem: read_record(p).metrics for p in (out / protocol).glob("*.json")}
