@@ -55,11 +55,16 @@ def weights_digest(module: torch.nn.Module | None) -> str | None:
     return digest.hexdigest()
 
 
+RESULTS_PATHSPEC = ":(exclude)benchmarks/results"  # results are not code: a benchmark rewrites them as it runs
+
+
 def code_version() -> dict[str, object]:
     """``{"version", "commit", "dirty"}``: the package version, the git commit (None outside a checkout) and
-    whether tracked files differ from it (None when unknown)."""
+    whether tracked files other than committed results differ from it (None when unknown): a benchmark that
+    rewrites its own tables before a record is written has not changed the code that produced it."""
     identity = code_identity()
-    status = _git("status", "--porcelain", "--untracked-files=no") if identity["commit"] else None
+    status = (_git("status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_PATHSPEC)
+              if identity["commit"] else None)
     return {**identity, "dirty": None if status is None else bool(status)}
 
 

@@ -35,6 +35,7 @@ _MISSING = "(absent)"
 RESUME_MAY_CHANGE = (
     "name", "run_dir", "resume", "resume_allow_changes", "device", "logger", "evaluate",
     "train.max_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "data.num_workers",
+    "objective.init_from",  # read by a fresh run only (LoftUp's stage 2): a moved or re-spelled path changes nothing
 )
 
 

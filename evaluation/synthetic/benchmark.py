@@ -74,7 +74,8 @@ TRAINED: dict[str, tuple[dict, dict]] = {  # name: (model config, its own object
     # LoftUp's stage 1 with its mask term on, the scenes' regions in the role of SA-1B's SAM masks (its paper's run)
     "loftup": ({"name": "loftup"}, {"name": "loftup_stage1", "mask_weight": 1.0}),
     # both of LoftUp's stages: stage 2 (EMA-teacher self-distillation, masks refining the teacher) from the stage-1 run
-    # (STARTS_FROM) on larger scenes (LARGER_SCENES), crop offsets on the token lattice (8 px, the oracle's patch)
+    # (STARTS_FROM) on larger scenes (LARGER_SCENES). A deviation: crop offsets on an 8-px lattice where LoftUp's are
+    # on 16 px, so that every crop starts on the oracle's token grid (its patch is 8 px) as LoftUp's start near it
     "loftup_2stages": ({"name": "loftup"}, {"name": "loftup_stage2", "mask_weight": 1.0, "crop_align": 8}),
     "resize_conv": ({"name": "resize_conv"}, MULTIVIEW),
     "transposed_conv": ({"name": "transposed_conv"}, MULTIVIEW),
@@ -90,7 +91,8 @@ USES: dict[str, tuple[str, int, str]] = {  # row: (trained run it reuses, native
 STARTS_FROM = {"loftup_2stages": "loftup"}
 # Rows trained on scenes larger than --image-size: (factor, the objective's sizes as shares of the scene). LoftUp's
 # stage 2 trains on images 4x its stage 1's (896 vs 224 px) at student sizes 224 ... 518 of them; here on scenes 2x
-# (4x would cost 30x stage 1's attention on a CPU) at the same shares, rounded to the oracle's patch
+# (4x would cost 30x stage 1's attention on a CPU) at the same shares, rounded to the oracle's patch (four distinct
+# sizes from --image-size 64 up; smaller scenes merge some)
 LARGER_SCENES = {"loftup_2stages": (2, (0.25, 0.375, 0.5, 0.578))}
 MIN_STEPS = {"lift": 1000}  # no skip path (starts from random output): at 200 steps it loses to bilinear on its own
 # training pairs; at 1000 it beats bilinear at 2x (lift_regime.md)
@@ -148,19 +150,18 @@ def training_config(model: dict, objective: dict, *, steps: int, image_size: int
 
 def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) -> tuple[Upsampler, float | None]:
     """Train ``name`` with its own objective (or resume its run); returns (upsampler in eval mode, seconds of
-    training in this call, None when the run had already finished)."""
+    training in this call, None when the run had already finished). A row that starts from another row's run
+    (STARTS_FROM) trains that run first and counts its seconds too; LARGER_SCENES sets its scenes and sizes."""
     from wrc.training import train
 
     model, objective = TRAINED[name]
+    earlier_seconds = None
     if name in STARTS_FROM:  # the earlier stage first (trained, resumed or found finished)
-        train_method(STARTS_FROM[name], oracle, args)
+        _, earlier_seconds = train_method(STARTS_FROM[name], oracle, args)
         objective = {**objective, "init_from": str(run_dir_of(STARTS_FROM[name], args))}
-    steps, run_dir, image_size = training_steps(name, args), run_dir_of(name, args), args.image_size
-    if name in LARGER_SCENES:
-        factor, shares = LARGER_SCENES[name]
-        image_size *= factor
-        patch = oracle.patch_size
-        objective = {**objective, "sizes": [round(share * image_size / patch) * patch for share in shares]}
+    image_size, sizes = training_scene(name, args, oracle.patch_size)
+    objective = {**objective, **sizes}
+    steps, run_dir = training_steps(name, args), run_dir_of(name, args)
     config = training_config(model, objective, steps=steps, image_size=image_size,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                              run_dir=run_dir)
@@ -171,13 +172,40 @@ def train_method(name: str, oracle: OracleBackbone, args: argparse.Namespace) ->
         config[group] = {**config[group], **values}
     scenes = SyntheticScenes(args.train_scenes, image_size, masks=has_mask_term(config["objective"]))
     result = train(config, backbone=oracle, dataset=scenes)
-    return result.upsampler.eval(), None if finished else time.perf_counter() - tick
+    seconds = None if finished else time.perf_counter() - tick
+    if earlier_seconds is not None:
+        seconds = earlier_seconds + (seconds or 0.0)
+    return result.upsampler.eval(), seconds
+
+
+def training_scene(name: str, args: argparse.Namespace, patch: int) -> tuple[int, dict[str, list[int]]]:
+    """(scene size a learned row trains on, the objective's sizes where LARGER_SCENES sets them, else {})."""
+    if name not in LARGER_SCENES:
+        return args.image_size, {}
+    factor, shares = LARGER_SCENES[name]
+    size = factor * args.image_size
+    return size, {"sizes": sorted({max(1, round(share * size / patch)) * patch for share in shares})}
 
 
 def run_dir_of(name: str, args: argparse.Namespace) -> Path:
     """A learned method's run directory under ``--work-dir`` (its steps in the name where MIN_STEPS raised them)."""
     steps = training_steps(name, args)
     return Path(args.work_dir) / (name if steps == args.steps else f"{name}_{steps}steps")
+
+
+def starting_point(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The record's ``starts_from``: the row whose finished run this row's training starts from, and its steps."""
+    if name not in STARTS_FROM:
+        return {}
+    return {"starts_from": {"row": STARTS_FROM[name], "steps": training_steps(STARTS_FROM[name], args)}}
+
+
+def scene_record(name: str, args: argparse.Namespace, patch: int) -> dict[str, Any]:
+    """The record's scene size and objective sizes where they differ from the benchmark's (LARGER_SCENES)."""
+    if name not in LARGER_SCENES:
+        return {}
+    image_size, sizes = training_scene(name, args, patch)
+    return {"image_size": image_size, "objective_sizes": sizes["sizes"]}
 
 
 def has_mask_term(objective: dict[str, Any]) -> bool:
@@ -337,9 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             "objective": objective, "train_seconds": seconds, "model": model, "ranked": ranked,
             "training": {**setting, **recipe_lr(trained), "steps": training_steps(trained, args) if trained in TRAINED
                          else 0, "native_steps": upsampler.native_steps, **OWN_RECIPE.get(trained, {}),
-                         **({"starts_from": STARTS_FROM[trained]} if trained in STARTS_FROM else {}),
-                         **({"image_size": LARGER_SCENES[trained][0] * args.image_size} if trained in LARGER_SCENES
-                            else {})},
+                         **starting_point(trained, args), **scene_record(trained, args, oracle.patch_size)},
             "parameters": sum(p.numel() for p in upsampler.parameters())}, label=label)
         log.info("%-16s %s", name, "  ".join(f"{task} {headline(task, metrics)}" for task, metrics in scores.items()))
     env = environment(torch.device(args.device))

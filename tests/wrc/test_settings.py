@@ -170,4 +170,7 @@ def test_config_changes_lists_what_shapes_the_losses():
     }
     assert config_changes(tiny_train_config(Path("/runs/a")), old) == {}  # an unfilled config.json compares too
     assert "train.max_steps" in RESUME_MAY_CHANGE
+    stage2 = tiny_train_config(Path("/runs/a"), objective={"name": "loftup_stage2", "init_from": "outputs/stage1"})
+    moved = tiny_train_config(Path("/runs/a"), objective={"name": "loftup_stage2", "init_from": "/abs/outputs/stage1"})
+    assert config_changes(stage2, moved) == {}  # init_from is read by a fresh run only (wrc.objectives.loftup_stages)
 

@@ -1,7 +1,7 @@
 // Cross-scale neighbourhood attention (wrc/ops/neighbourhood_attention.py): output pixel (y, x) of an Ho x Wo map
 // attends to the kernel x kernel tokens of an h x w grid around its parent token (floor(y h / Ho), floor(x w / Wo)),
-// the window shifted inwards at the borders so that it never shrinks. The window geometry and the argument checks,
-// shared by the CPU and CUDA kernels.
+// the window shifted inwards at the borders so that it never shrinks. The window geometry, the argument checks and
+// the channel-last layout of the tokens and their gradients, shared by the CPU and CUDA kernels.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -335,6 +335,9 @@ class LoftUpStage2(MultiviewTerms):
     def forward(self, backbone: FrozenBackbone, upsampler: Upsampler, images: torch.Tensor,
                 masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         self.check_masks(masks)
+        if max(self.sizes) > min(images.shape[-2:]):  # every size, at the first step and before any state changes
+            raise ValueError(f"objective.sizes holds {max(self.sizes)}, larger than the {tuple(images.shape[-2:])} "
+                             "training images (LoftUp crops s x s views of an 896 px image: raise data.image_size)")
         if self.scale_net is None:
             self.setup(backbone)
             self.to(images.device)
@@ -345,9 +348,6 @@ class LoftUpStage2(MultiviewTerms):
                 self.update_teacher(upsampler)
             self.steps += 1
         size = self.sizes[int(torch.randint(len(self.sizes), ()))]
-        if size > min(images.shape[-2:]):
-            raise ValueError(f"objective.sizes holds {size}, larger than the {tuple(images.shape[-2:])} training "
-                             "images (LoftUp crops s x s views of an 896 px image: raise data.image_size)")
         student = resize(images, (size, size)).clamp(0, 1)
         with torch.no_grad():
             low = backbone(student)

@@ -87,8 +87,9 @@ def test_loftups_stage_2_starts_from_its_stage_1_run_on_larger_scenes(monkeypatc
 
     monkeypatch.setattr(wrc.training, "train", fake_train)
     args = benchmark.parse_args(["--work-dir", str(tmp_path), "--image-size", "128"])
-    benchmark.train_method("loftup_2stages", benchmark.OracleBackbone(), args)
+    _, seconds = benchmark.train_method("loftup_2stages", benchmark.OracleBackbone(), args)
     (stage1, scenes1), (stage2, scenes2) = calls
+    assert seconds is not None  # both stages trained in this call: the row's seconds count both
     assert stage1["objective"]["name"] == "loftup_stage1" and stage1["run_dir"] == str(tmp_path / "loftup")
     assert stage2["objective"]["name"] == "loftup_stage2" and stage2["run_dir"] == str(tmp_path / "loftup_2stages")
     assert stage2["objective"]["init_from"] == stage1["run_dir"]
@@ -98,3 +99,14 @@ def test_loftups_stage_2_starts_from_its_stage_1_run_on_larger_scenes(monkeypatc
     assert (stage2["optimizer"]["lr"], stage2["optimizer"]["weight_decay"], stage2["optimizer"]["scheduler"]) == \
         (1e-3, 0.01, "constant") and stage2["train"]["grad_clip"] == 0.0
     assert stage2["model"] == stage1["model"] == {"name": "loftup"}
+
+
+def test_a_two_stage_rows_record_says_where_it_starts_and_on_what_scenes():
+    args = benchmark.parse_args(["--image-size", "128"])
+    assert benchmark.starting_point("loftup_2stages", args) == {"starts_from": {"row": "loftup", "steps": 200}}
+    assert benchmark.scene_record("loftup_2stages", args, 8) == {"image_size": 256,
+                                                                  "objective_sizes": [64, 96, 128, 144]}
+    assert benchmark.starting_point("wrc", args) == {} and benchmark.scene_record("wrc", args, 8) == {}
+    # tiny scenes merge sizes rather than repeating them
+    tiny = benchmark.parse_args(["--image-size", "16"])
+    assert benchmark.training_scene("loftup_2stages", tiny, 8) == (32, {"sizes": [8, 16]})  # 1, 1.5, 2, 2.3 patches

@@ -148,6 +148,14 @@ class TestStage2:
         with pytest.raises(ValueError, match="objective.sizes holds 64, larger than"):
             objective(ToyBackbone(1, 8, mean=True), Constant(1, 8, 0.0), _flat_image())
 
+    def test_any_size_too_large_fails_the_first_step_before_the_state_changes(self):
+        """Not only when that size happens to be drawn: the step counter and the teacher stay untouched."""
+        objective = self._objective(sizes=[16, 64])
+        for _ in range(3):  # whichever size each attempt would draw
+            with pytest.raises(ValueError, match="objective.sizes holds 64, larger than"):
+                objective(ToyBackbone(1, 8, mean=True), Constant(1, 8, 0.0), _flat_image())
+        assert int(objective.steps) == 0 and objective.teacher is None
+
 
 @pytest.mark.slow
 def test_both_stages_train_with_the_framework(tmp_path):
