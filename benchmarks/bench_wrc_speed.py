@@ -25,12 +25,23 @@ from benchmarks.wrc_speed_reference import upsample_step as reference_step
 from wrc.upsamplers.base import create_upsampler
 
 
-def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, patch: int) -> list[dict]:
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` through torch.compile (inductor) with frozen weights: constant-folded, convolution weights prepacked
+    for oneDNN on the CPU; the same outputs up to float rounding (the table's last column says how close)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model)
+
+
+def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, patch: int,
+          compile_: bool = False) -> list[dict]:
     torch.manual_seed(0)
     wrc = create_upsampler("wrc", channels, patch).to(device).eval()
     lift = create_upsampler("lift", channels, patch).to(device).eval()
     # the old code's layout too: the current model keeps its conv weights channels-last
     wrc_before = copy.deepcopy(wrc).to(memory_format=torch.contiguous_format)
+    wrc_compiled = compiled(copy.deepcopy(wrc)) if compile_ else None
     rows = []
     for size in sizes:
         grid = size // patch
@@ -39,9 +50,13 @@ def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, pa
         calls = {"lift": lambda f=features, i=image: lift(f, i),
                  "wrc_before": lambda f=features, i=image: reference_step(wrc_before, f, i),
                  "wrc_after": lambda f=features, i=image: wrc(f, i)}
+        if wrc_compiled is not None:
+            calls["wrc_compiled"] = lambda f=features, i=image: wrc_compiled(f, i)
         times: dict[str, list[float]] = {name: [] for name in calls}
-        with torch.inference_mode():
-            max_diff = (calls["wrc_after"]() - calls["wrc_before"]()).abs().max().item()
+        with torch.no_grad():  # not inference mode: inductor's freezing needs ordinary tensors
+            before = calls["wrc_before"]()
+            max_diff = (calls["wrc_after"]() - before).abs().max().item()
+            compiled_diff = None if wrc_compiled is None else (calls["wrc_compiled"]() - before).abs().max().item()
             for _ in range(2):  # warm-up
                 for call in calls.values():
                     call()
@@ -58,8 +73,9 @@ def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, pa
         lift_ms = statistics.median(times["lift"])
         for name, ts in times.items():
             ms = statistics.median(ts)
+            diff = compiled_diff if name == "wrc_compiled" else max_diff
             rows.append({"model": name, "image_size": size, "grid": [grid, grid], "median_ms": ms,
-                         "vs_lift": ms / lift_ms, "repeat": repeat, "max_abs_diff_vs_before": max_diff})
+                         "vs_lift": ms / lift_ms, "repeat": repeat, "max_abs_diff_vs_before": diff})
         if floor is not None:
             rows.append({"model": "wrc_after, convolutions only", "image_size": size, "grid": [grid, grid],
                          "median_ms": floor["conv_ms"], "vs_lift": floor["conv_ms"] / floor["lift_ms"],
@@ -94,13 +110,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--channels", type=int, default=384, help="feature width (384: DINOv2 ViT-S/14)")
     parser.add_argument("--patch", type=int, default=14)
+    parser.add_argument("--compile", action="store_true",
+                        help="add a row for the current forward through torch.compile with frozen weights (minutes of "
+                             "compilation per size on a CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = bench(device, args.sizes, args.repeat, args.channels, args.patch)
+    rows = bench(device, args.sizes, args.repeat, args.channels, args.patch, args.compile)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    models = "LiFT, WRC before, WRC after" + (", WRC after compiled" if args.compile else "")
     lines = [f"C={args.channels}, patch {args.patch}, batch 1, 2x; {torch.get_num_threads()} threads, load average "
-             f"{load:.1f} on {os.cpu_count()} cores at the end. Medians of {args.repeat} interleaved rounds (LiFT, WRC "
-             "before, WRC after), ratios to LiFT's median in the same run: on a shared machine absolute ms are not "
+             f"{load:.1f} on {os.cpu_count()} cores at the end. Medians of {args.repeat} interleaved rounds "
+             f"({models}), ratios to LiFT's median in the same run: on a shared machine absolute ms are not "
              "comparable across runs, the ratios are the result. \"convolutions only\": the time WRC spends inside "
              "convolution kernels, over LiFT's whole forward, both from one profiler pass: what remains if everything "
              "around the convolution kernels took no time.", "",
