@@ -4,8 +4,9 @@
         benchmarks/results/synthetic_seed2 --out benchmarks/results/synthetic/seeds
 
 Each folder holds one training seed's records (``python -m evaluation.synthetic --seed S --out <folder>``), all on
-the same generated test data (``--data-seed``), so the spread is the methods' own: initialisation, data order,
-augmentation and the probe. Per method, task and metric: the mean and the sample standard deviation over the seeds
+the same generated test data and probe initialisation (``--data-seed``), so the spread is the methods' own:
+initialisation, data order and augmentation (a training-free method has none). Per method, task and metric: the
+mean and the sample standard deviation over the seeds
 that scored it (n). A claim "A beats B on m" is made only where both have the same n >= 2 seeds, both rows are
 ranked (not under budget, not outside the paper's regime, not a reference: ground_truth, large_image), and the gap
 of the means exceeds twice the larger of the two spreads; it is marked "in every seed" where A also beats B in each
