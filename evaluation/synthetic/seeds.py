@@ -5,13 +5,12 @@
 
 Each folder holds one training seed's records (``python -m evaluation.synthetic --seed S --out <folder>``), all on
 the same generated test data and probe initialisation (``--data-seed``), so the spread is the methods' own:
-initialisation, data order and augmentation (a training-free method has none). Per method, task and metric: the
-mean and the sample standard deviation over the seeds
-that scored it (n). A claim "A beats B on m" is made only where both have the same n >= 2 seeds, both rows are
-ranked (not under budget, not outside the paper's regime, not a reference: ground_truth, large_image), and the gap
-of the means exceeds twice the larger of the two spreads; it is marked "in every seed" where A also beats B in each
-seed separately (the claims the CI ranking test may assert). The folders' own tables
-(``<folder>/<protocol>.md``) stay one seed each.
+initialisation, data order and augmentation (a training-free method has none). Per method, task and metric: the mean
+and the sample standard deviation over the seeds that scored it (n). A claim "A beats B on m" is made only where
+both have the same n >= 2 seeds, both rows are ranked (not under budget, not outside the paper's regime, not a
+reference: ground_truth, large_image), and the gap of the means exceeds twice the larger of the two spreads; it is
+marked "in every seed" where A also beats B in each seed separately (the claims the CI ranking test may assert). The
+folders' own tables (``<folder>/<protocol>.md``) stay one seed each.
 """
 
 from __future__ import annotations
