@@ -40,7 +40,7 @@ from torch import nn
 from benchmarks.common import publish
 from evaluation.protocol import get_protocol
 from evaluation.protocols.synthetic import SyntheticSettings
-from evaluation.synthetic.benchmark import TRAINED, TRAINING_FREE, training_config
+from evaluation.synthetic.benchmark import TRAINED, TRAINING_FREE, scene_size, training_config
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import SyntheticScenes
 from wrc import load_upsampler
@@ -389,7 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also train LiFT with the benchmark's recipe for these step counts (in --work-dir)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the LiFT runs trained here")
     parser.add_argument("--work-dir", default="outputs/lift_regime")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=scene_size, default=128)
     parser.add_argument("--train-scenes", type=positive_int, default=256)
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="training batch of the LiFT runs trained here")
@@ -404,8 +404,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.run and not args.train_steps:
         parser.error("give at least one --run or --train-steps")
-    if args.image_size % 16:
-        parser.error(f"--image-size must be a multiple of 16; got {args.image_size}")
     return args
 
 

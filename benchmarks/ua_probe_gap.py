@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import publish
+from evaluation.synthetic.benchmark import scene_size
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import CLASSES, Scene, SyntheticScenes
 from wrc.arguments import positive_int
@@ -98,12 +99,9 @@ def measure(num_scenes: int, image_size: int) -> dict[str, dict[str, float]]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=positive_int, default=4, help="held-out scenes (about 80 s each at 128 px)")
-    parser.add_argument("--image-size", type=positive_int, default=128)
+    parser.add_argument("--image-size", type=scene_size, default=128)
     parser.add_argument("--name", default="synthetic/ua_probe_gap", help="results name under benchmarks/results")
-    args = parser.parse_args(argv)
-    if args.image_size % 16:
-        parser.error(f"--image-size must be a multiple of 16 (twice the oracle's patch); got {args.image_size}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

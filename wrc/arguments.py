@@ -24,3 +24,21 @@ def integer_at_least(minimum: int) -> Callable[[str], int]:
 
 
 positive_int = integer_at_least(1)
+
+
+def positive_multiple_of(step: int, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type`` for positive multiples of ``step`` (image sizes on a patch lattice); ``why`` says where
+    the step comes from in the error."""
+    reason = f" ({why})" if why else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or value % step:
+            raise argparse.ArgumentTypeError(f"expected a positive multiple of {step}{reason}; got {text!r}")
+        return value
+
+    parse.__name__ = f"multiple of {step}"
+    return parse

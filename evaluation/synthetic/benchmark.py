@@ -42,7 +42,7 @@ from evaluation.run_identity import StaleRunError
 from evaluation.synthetic.oracle import OracleBackbone
 from evaluation.synthetic.scenes import SyntheticScenes
 from evaluation.tables import write_table
-from wrc.arguments import positive_int
+from wrc.arguments import positive_int, positive_multiple_of
 from wrc.checkpoint import latest_checkpoint
 from wrc.extractor import DenseFeatureExtractor
 from wrc.objectives import create_objective
@@ -50,6 +50,7 @@ from wrc.provenance import environment
 from wrc.upsamplers import Upsampler, create_upsampler
 
 log = logging.getLogger("wrc")
+scene_size = positive_multiple_of(16, "twice the oracle's patch")  # the --image-size type of every synthetic script
 
 MULTIVIEW = {"name": "featup_multiview"}
 WRC_MODEL = {"image_channels": 32, "feature_skip": True, "kernel_size": 2}
@@ -319,7 +320,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=every, choices=every, metavar="NAME",
                         help=f"upsamplers to score (default: all of {', '.join(every)})")
     parser.add_argument("--steps", type=positive_int, default=200, help="training steps of each learned method")
-    parser.add_argument("--image-size", type=positive_int, default=128)
+    parser.add_argument("--image-size", type=scene_size, default=128)
     parser.add_argument("--train-scenes", type=positive_int, default=256)
     parser.add_argument("--test-scenes", type=positive_int, default=32)
     parser.add_argument("--probe-scenes", type=positive_int, default=16, help="training scenes each probe is fitted on")
@@ -339,10 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work-dir", default="outputs/synthetic", help="run directories of the learned methods")
     parser.add_argument("--out", default="outputs/synthetic/results", help="result JSONs and the table")
-    args = parser.parse_args(argv)
-    if args.image_size % 16:
-        parser.error(f"--image-size must be a multiple of 16 (twice the oracle's patch); got {args.image_size}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
