@@ -27,7 +27,9 @@ from wrc.upsamplers.base import create_upsampler
 
 def compiled(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` through torch.compile (inductor) with frozen weights: constant-folded, convolution weights prepacked
-    for oneDNN on the CPU; the same outputs up to float rounding (the table's last column says how close)."""
+    for oneDNN on the CPU; the same outputs up to float rounding (the table's last column says how close). Freezing is
+    inductor's process-wide setting, read when the first call compiles: this benchmark's process compiles nothing
+    else."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
