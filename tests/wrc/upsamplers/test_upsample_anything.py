@@ -1,5 +1,6 @@
-"""Upsample Anything: the streamed bilateral kernel against an explicit per-pixel sum, its bilinear fallback,
-float64 gradients, the fit, and any channel count through one model."""
+"""Upsample Anything: both formulations of the bilateral kernel (streamed, and per cell for integer scales) against
+an explicit per-pixel sum, its bilinear fallback, float64 gradients, the fit, and any channel count through one
+model."""
 
 from __future__ import annotations
 
@@ -65,6 +66,38 @@ class TestBilateralKernel:
                                  min_denominator=1e-300)
         torch.testing.assert_close(out.cpu(), explicit(values, guide, guide_lr, params, max_radius=2))
 
+    @pytest.mark.parametrize("max_elements", [1, 1 << 26])  # one token row per chunk, or all rows at once
+    def test_cell_path_equals_the_explicit_sum(self, max_elements, device):
+        """Integer scales, 3 rows and 2 columns per cell (non-square cells), batch 2, per-pixel radii: the batched
+        per-cell softmax against the per-pixel sum."""
+        cases = [_case(h=3, w=4, height=9, width=8, channels=3, seed=seed) for seed in (0, 1)]
+        values, guide, guide_lr, params = (torch.cat(parts) for parts in zip(*cases, strict=True))
+        out = bilateral_upsample(*(t.to(device) for t in (values, guide, guide_lr, params)), max_radius=2,
+                                 min_denominator=1e-300, max_elements=max_elements, path="cells")
+        torch.testing.assert_close(out.cpu(), explicit(values, guide, guide_lr, params, max_radius=2))
+
+    def test_cell_path_equals_the_streamed_path(self):
+        """Wide kernels (every offset within the radius) and a larger window: the two formulations agree."""
+        values, guide, guide_lr, params = _case(h=5, w=6, height=20, width=24, channels=4, seed=3)
+        params[:, :2] += math.log(3.0)
+        cells, streamed = (bilateral_upsample(values, guide, guide_lr, params, max_radius=3, path=path)
+                           for path in ("cells", "stream"))
+        torch.testing.assert_close(cells, streamed, rtol=1e-12, atol=1e-12)
+
+    def test_auto_takes_the_cell_path_only_for_integer_scales(self, monkeypatch):
+        import wrc.upsamplers.upsample_anything as module
+
+        calls = []
+        monkeypatch.setattr(module, "cell_upsample", lambda *a, **k: calls.append(a[1].shape[-2:]))
+        values, guide, guide_lr, params = _case(h=3, w=4, height=9, width=10)
+        bilateral_upsample(values, guide, guide_lr, params)  # 10 / 4 columns: streamed
+        bilateral_upsample(values, guide[..., :8], guide_lr, params)
+        assert calls == [(9, 8)]
+        with pytest.raises(ValueError, match="path='cells' needs output sizes that are multiples of the grid"):
+            bilateral_upsample(values, guide, guide_lr, params, path="cells")
+        with pytest.raises(ValueError, match="path must be"):
+            bilateral_upsample(values, guide, guide_lr, params, path="dense")
+
     def test_float32_matches_float64(self, device):
         """The float32 path (what runs on features) against float64, with sigmas of a few pixels."""
         values, guide, guide_lr, params = _case(h=7, w=7, height=21, width=24, channels=3)
@@ -83,23 +116,25 @@ class TestBilateralKernel:
         out = bilateral_upsample(values, guide, guide.mean(dim=(2, 3), keepdim=True), params)
         torch.testing.assert_close(out, values.expand_as(out))
 
-    def test_vanishing_weights_fall_back_to_bilinear(self):
+    @pytest.mark.parametrize("width", [10, 8])  # streamed, cells
+    def test_vanishing_weights_fall_back_to_bilinear(self, width):
         """Weights below 1e-6 in all (white guidance, black tokens, sigma_r = 1e-3): bilinear, as the method says."""
-        values, guide, guide_lr, params = _case()
+        values, guide, guide_lr, params = _case(width=width)
         params[:, 3] = math.log(1e-3)
         out = bilateral_upsample(values, torch.ones_like(guide), torch.zeros_like(guide_lr), params)
         torch.testing.assert_close(out, F.interpolate(values, size=guide.shape[-2:], mode="bilinear",
                                                       align_corners=False))
 
+    @pytest.mark.parametrize("width", [3, 4])  # streamed, cells (one token row per chunk: max_elements)
     @pytest.mark.parametrize("recompute", [False, True])
-    def test_gradcheck(self, recompute):
-        values, guide, guide_lr, params = _case(h=2, w=2, height=4, width=3)
+    def test_gradcheck(self, recompute, width):
+        values, guide, guide_lr, params = _case(h=2, w=2, height=4, width=width)
         params.requires_grad_(True)
         values.requires_grad_(True)
         guide.requires_grad_(True)
 
         def run(v, g, p):
-            return bilateral_upsample(v, g, guide_lr, p, max_radius=1, chunk=4, recompute=recompute)
+            return bilateral_upsample(v, g, guide_lr, p, max_radius=1, chunk=4, recompute=recompute, max_elements=60)
 
         assert torch.autograd.gradcheck(run, (values, guide, params))
 
