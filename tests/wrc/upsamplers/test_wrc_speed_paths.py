@@ -124,19 +124,3 @@ def stem_oracle(encoder, image, mean, std):
     expected = F.relu(normed.view_as(conv) * encoder.stem[1].weight.view(1, -1, 1, 1)
                       + encoder.stem[1].bias.view(1, -1, 1, 1))
     return expected
-
-
-def test_pointwise_product_equals_the_1x1_convolution():
-    """``pointwise`` against the convolution it replaces, with and without bias, batch 2, non-square, float64;
-    only NCHW CPU maps of 1x1 stride-1 convolutions take it."""
-    from wrc.layers.blocks import is_pointwise, pointwise
-
-    torch.manual_seed(5)
-    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
-    for bias in (False, True):
-        conv = torch.nn.Conv2d(6, 4, 1, bias=bias).double()
-        assert is_pointwise(conv, x)
-        torch.testing.assert_close(pointwise(conv, x), conv(x), rtol=1e-12, atol=1e-12)
-    assert not is_pointwise(conv, x.contiguous(memory_format=torch.channels_last))
-    assert not is_pointwise(torch.nn.Conv2d(6, 4, 1, stride=2), x)
-    assert not is_pointwise(torch.nn.Conv2d(6, 4, 3, padding=1), x)
