@@ -37,18 +37,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
-        return out.add_(self.project(x)).relu_()  # in place: the body's last GroupNorm does not need its output
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """The shortcut. A strided 1x1 convolution reads every s-th pixel only: those are taken first, so the
-        convolution runs on 1 / s^2 of the map (the same sums; at the encoder's full-resolution stage the strided
-        call cost three times the sliced one)."""
-        if isinstance(self.shortcut, nn.Identity):
-            return x
-        conv, norm = self.shortcut
-        if conv.stride == (1, 1):
-            return self.shortcut(x)
-        return norm(F.conv2d(x[..., ::conv.stride[0], ::conv.stride[1]], conv.weight, conv.bias))
+        return out.add_(self.shortcut(x)).relu_()  # in place: the body's last GroupNorm does not need its output
 
 
 class GuidanceEncoder(nn.Module):
