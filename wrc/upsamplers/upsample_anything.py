@@ -40,6 +40,7 @@ Decisions where the description leaves a choice:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -225,8 +226,8 @@ def spatial_patterns(dy: torch.Tensor, dx: torch.Tensor, cell: tuple[int, int],
 
 
 def _cell_rows(terms: torch.Tensor, guide_cells: torch.Tensor, values: torch.Tensor, radius_cells: torch.Tensor,
-               token_rows: torch.Tensor, geometry: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output of the cells of ``token_rows``: (B, r, w, C, sy, sx), and where it falls back (B, r, w, 1, sy, sx).
+               token_rows: torch.Tensor, geometry: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of the cells of ``token_rows``: (B, r, w, C, sy sx), and where it falls back (B, r, w, 1, sy sx).
 
     guide_cells (B, r, w, 3, sy sx) and radius_cells (B, r, w, 1, sy sx) are those rows' pixels per cell. The
     log-weights (B, r, w, K, sy sx) are built in place from small factors: the spatial term as three
