@@ -98,7 +98,7 @@ def measure(num_scenes: int, image_size: int) -> dict[str, dict[str, float]]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=positive_int, default=4, help="held-out scenes (about 80 s each at 128 px)")
+    parser.add_argument("--scenes", type=positive_int, default=4, help="held-out scenes (~8 s each at 128 px)")
     parser.add_argument("--image-size", type=scene_size, default=128)
     parser.add_argument("--name", default="synthetic/ua_probe_gap", help="results name under benchmarks/results")
     return parser.parse_args(argv)

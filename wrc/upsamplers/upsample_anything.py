@@ -150,6 +150,16 @@ def token_offsets(grid: tuple[int, int], max_radius: int, device: torch.device) 
     return torch.stack(mesh, dim=-1).reshape(-1, 2)
 
 
+def on_cells(size: tuple[int, int], grid: tuple[int, int]) -> bool:
+    """Whether an output ``size`` is a multiple of the token ``grid`` on both axes: the scales of ``cell_upsample``."""
+    return size[0] % grid[0] == 0 and size[1] % grid[1] == 0
+
+
+def _vanishing(peak: torch.Tensor, denominator: torch.Tensor, min_denominator: float) -> torch.Tensor:
+    """Where the sum of weights exp(peak) * denominator is below ``min_denominator``: the bilinear pixels."""
+    return peak + denominator.log() < math.log(min_denominator)
+
+
 def bilateral_upsample(values: torch.Tensor, guide: torch.Tensor, guide_lr: torch.Tensor, params: torch.Tensor, *,
                        max_radius: int = 8, chunk: int = 49, min_denominator: float = 1e-6,
                        max_elements: int = 1 << 26, recompute: bool = False, path: str = "auto") -> torch.Tensor:
@@ -170,7 +180,7 @@ def bilateral_upsample(values: torch.Tensor, guide: torch.Tensor, guide_lr: torc
         (B, C, H', W').
     """
     (h, w), size = values.shape[-2:], tuple(guide.shape[-2:])
-    integer_scales = size[0] % h == 0 and size[1] % w == 0
+    integer_scales = on_cells(size, (h, w))
     if path not in ("auto", "cells", "stream"):
         raise ValueError(f"path must be 'auto', 'cells' or 'stream'; got {path!r}")
     if path == "cells" and not integer_scales:
@@ -194,8 +204,7 @@ def bilateral_upsample(values: torch.Tensor, guide: torch.Tensor, guide_lr: torc
         else:
             peak, numerator, denominator = _stream_chunk(*args)
     out = numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
-    fallback = peak + denominator.log() < math.log(min_denominator)  # B, 1, H', W'
-    return _bilinear_where(fallback, values, out)
+    return _bilinear_where(_vanishing(peak, denominator, min_denominator), values, out)  # fallback: B, 1, H', W'
 
 
 def _bilinear_where(fallback: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -256,7 +265,7 @@ def _cell_rows(terms: torch.Tensor, guide_cells: torch.Tensor, values: torch.Ten
     gathered = _neighbours(values, rows, geometry["cols"])  # B, r, w, C, K
     numerator = gathered @ weights  # B, r, w, C, sy sx: one small matmul per cell
     out = numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
-    return out, peak + denominator.log() < math.log(geometry["min_denominator"])
+    return out, _vanishing(peak, denominator, geometry["min_denominator"])
 
 
 def cell_upsample(values: torch.Tensor, guide: torch.Tensor, guide_lr: torch.Tensor, params: torch.Tensor, *,
@@ -276,7 +285,7 @@ def cell_upsample(values: torch.Tensor, guide: torch.Tensor, guide_lr: torch.Ten
     dy, dx = offsets[:, 0], offsets[:, 1]
     cols = torch.arange(w, device=device)[:, None] + dx[None]  # w, K
     geometry = {
-        "dy": dy, "dx": dx, "cols": cols.clamp(0, w - 1), "inside_cols": (cols >= 0) & (cols < w),
+        "dy": dy, "cols": cols.clamp(0, w - 1), "inside_cols": (cols >= 0) & (cols < w),
         "spatial": spatial_patterns(dy, dx, (sy, sx), dtype),
         "reach": torch.maximum(dy.abs(), dx.abs()),  # the window radius an offset needs: K
         "min_denominator": min_denominator,
@@ -359,7 +368,7 @@ class UpsampleAnything(Upsampler):
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, self.gamma)
         self.last_losses = []
         pixels = guide.shape[0] * guide.shape[-2] * guide.shape[-1]
-        if guide.shape[-2] % grid[0] == 0 and guide.shape[-1] % grid[1] == 0:  # bilateral_upsample's cell path
+        if on_cells(tuple(guide.shape[-2:]), grid):  # bilateral_upsample's cell path
             recompute = pixels * len(token_offsets(grid, self.kernel_args["max_radius"], guide.device)) > _STORED_WINDOW
         else:
             recompute = pixels * self.kernel_args["chunk"] > _STORED_CHUNK
