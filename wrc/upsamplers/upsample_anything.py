@@ -19,8 +19,8 @@ guidance (L1), with Adam at lr 0.1 decayed exponentially toward 1e-9 over a nomi
 Two formulations of the same sum. Where the output size is a multiple of the grid (every use in this project's
 protocols), all pixels of one token's cell share their window, so the window is one softmax per cell and the
 weighted sum one small matrix product per cell, with the neighbours' coefficients gathered on the token grid
-(``cell_upsample``; on one CPU thread it fits and applies in 7.6 s at 128 px and 40 s at 224 against
-the general form's 16.7 s and 85 s). For any other size the neighbours are streamed
+(``cell_upsample``; timed once by hand on one CPU thread, not yet a committed benchmark: 7.6 s at 128 px
+and 40 s at 224 against the general form's 16.7 s and 85 s). For any other size the neighbours are streamed
 in chunks of offsets at output size through a running log-sum-exp, so memory is bounded by a chunk, not by the
 (2 R + 1)^2 window. In the fit, windows or chunks of more log-weights than a threshold are recomputed in the
 backward pass (activation checkpointing), not stored.
