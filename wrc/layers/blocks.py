@@ -8,15 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.full_resolution import BAND_PIXELS, full_resolution_stage
+from wrc.layers.norm import GroupNorm
 
-def group_norm(channels: int, max_groups: int = 16) -> nn.GroupNorm:
+
+def group_norm(channels: int, max_groups: int = 16) -> GroupNorm:
     """GroupNorm with the largest group count <= max_groups that divides ``channels``.
 
     Independent of the batch size, unlike BatchNorm (the original WRC trains with batch 4), and identical
-    in training and evaluation.
+    in training and evaluation; accurate on channels-last activations (wrc.layers.norm).
     """
     groups = max(g for g in range(1, max_groups + 1) if channels % g == 0)
-    return nn.GroupNorm(groups, channels)
+    return GroupNorm(groups, channels)
 
 
 class Bottleneck(nn.Module):
@@ -58,14 +61,28 @@ class GuidanceEncoder(nn.Module):
     def forward(self, image: torch.Tensor, grid: tuple[int, int], mean: torch.Tensor | None = None,
                 std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``image`` normalised, or raw with the (1, 3, 1, 1) ``mean`` and ``std`` of its normalisation, which
-        are then folded into the stem (``folded_stem``: the same result without the full-size passes)."""
-        stem = self.stem(image) if mean is None or std is None else folded_stem(self.stem, image, mean, std)
-        quarter = self.to_quarter(stem)  # B, k, H/4, W/4
+        are then folded into the stem (``folded_stem``: the same result without the full-size passes).
+
+        Inference on the CPU computes the full-resolution layers in row bands (``full_resolution_stage``: the
+        same result without a full-resolution map)."""
+        if mean is None and std is None and self.runs_in_bands(image):
+            quarter = self.to_quarter[1:](full_resolution_stage(self.stem, self.to_quarter[0], image))
+        else:
+            stem = self.stem(image) if mean is None or std is None else folded_stem(self.stem, image, mean, std)
+            quarter = self.to_quarter(stem)  # B, k, H/4, W/4
         guide_2x = F.adaptive_max_pool2d(quarter, (2 * grid[0], 2 * grid[1]))  # B, k, 2h, 2w
         guide_1x = self.to_grid(guide_2x)  # B, k, h, w
         if guide_1x.shape[-2:] != tuple(grid):  # odd 2x sizes cannot happen; kept exact for safety
             guide_1x = F.adaptive_avg_pool2d(guide_1x, grid)
         return guide_2x, guide_1x
+
+    @staticmethod
+    def runs_in_bands(image: torch.Tensor) -> bool:
+        """Eager CPU inference in float32/64 on an image of more than one band: where the bands pay off and the
+        in-place band arithmetic is safe (no autograd, no tracing, no autocast)."""
+        return (image.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and not torch.is_autocast_enabled("cpu")
+                and image.dtype in (torch.float32, torch.float64) and image.shape[-2] * image.shape[-1] > BAND_PIXELS)
 
 
 def folded_stem(stem: nn.Sequential, image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""The guidance encoder's full-resolution stage computed in row bands, for inference.
+
+The stem (1x1 conv, GroupNorm, ReLU) and the first bottleneck's full-resolution half (1x1 conv, GroupNorm, ReLU,
+the stride-2 3x3 conv, and the stride-2 1x1 shortcut) are the only layers at the image's own size. Computed
+layer by layer they make four or more (B, k, H, W) maps, 25 MB each at 448 x 448 x 32: on the CPU each is fresh
+memory from the OS (glibc maps allocations of this size anew), and touching it costs more than the arithmetic
+(a 1x1 conv writing fresh memory: 5-7 ms; into reused memory: 1.3 ms). Here no full-resolution map exists: the
+stage runs over bands of rows a few MB in size, in three passes, each recomputing the cheap layers before it:
+
+1. the stem's GroupNorm statistics, exact from the image's mean and covariance (the conv is linear);
+2. per band: stem, 1x1 conv -> sums for the second GroupNorm's statistics; the strided shortcut conv;
+3. per band of output rows (plus one halo row): stem, 1x1 conv, GroupNorm, ReLU, the stride-2 3x3 conv.
+
+Each sample runs on its own, so that each GroupNorm, once its statistics are known, is folded into the conv
+before it (scaled weights and a bias): a band's stem or normalised 1x1 conv is one oneDNN call and one ReLU.
+
+The statistics are as accurate as PyTorch's NCHW kernel (fp64 sums of per-band cascade sums; the variance of
+values shifted by an estimate of their mean), so the stage equals the layer-by-layer one up to rounding. The
+rest of the bottleneck runs as usual at half the resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BAND_PIXELS = 1 << 15  # ~ 4 MB of 32-channel float32 per band: reused by the allocator, resident in the L2/L3
+
+
+def band_rows(width: int, band_pixels: int = BAND_PIXELS) -> int:
+    """An even number of full-resolution rows per band (even: the stride-2 layers start on an output row)."""
+    return max(2, band_pixels // max(width, 1) // 2 * 2)
+
+
+def image_moments(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean (B, C) and population covariance (B, C, C) of the pixels, in float64.
+
+    Sums in the image's dtype (cascade summation) over the centred image, one channel pair at a time (no
+    (B, C, C, H, W) product), then float64.
+    """
+    b, c = image.shape[:2]
+    mean = image.mean((2, 3))
+    centred = image - mean.view(b, c, 1, 1)
+    cov = image.new_empty(b, c, c, dtype=torch.float64)
+    for i in range(c):
+        for j in range(i + 1):
+            cov[:, i, j] = cov[:, j, i] = (centred[:, i] * centred[:, j]).mean((1, 2)).double()
+    return mean.double(), cov
+
+
+def group_norm_affine(norm: nn.GroupNorm, channel_mean: torch.Tensor, channel_var: torch.Tensor,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm as a per-sample, per-channel affine map x * scale + shift, from each channel's mean and
+    (population) variance over the pixels (B, k, float64); scale and shift as (B, k) of ``dtype``."""
+    b, k = channel_mean.shape
+    groups = norm.num_groups
+    mean = channel_mean.view(b, groups, -1)
+    group_mean = mean.mean(-1, keepdim=True)
+    group_var = (channel_var.view(b, groups, -1) + (mean - group_mean).square()).mean(-1, keepdim=True)
+    scale = (group_var + norm.eps).rsqrt().expand(b, groups, k // groups).reshape(b, k)
+    shift = -group_mean.expand(b, groups, k // groups).reshape(b, k) * scale
+    if norm.weight is not None:
+        scale, shift = scale * norm.weight.double(), shift * norm.weight.double()
+    if norm.bias is not None:
+        shift = shift + norm.bias.double()
+    return scale.to(dtype), shift.to(dtype)
+
+
+def folded(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``conv`` (no bias of its own) followed by the per-channel affine map (k,) scale, shift."""
+    return conv.weight * scale.view(-1, 1, 1, 1), shift
+
+
+def full_resolution_stage(stem: nn.Sequential, block: nn.Module, image: torch.Tensor,
+                          band_pixels: int = BAND_PIXELS) -> torch.Tensor:
+    """``block(stem(image))`` for the GuidanceEncoder's stem and first (stride-2) Bottleneck, in row bands.
+
+    ``image``: (B, 3, H, W), normalised, preferably channels-last. Inference only (no autograd through the
+    in-place band arithmetic); returns (B, k, ceil(H/2), ceil(W/2)) channels-last.
+    """
+    b, _, height, width = image.shape
+    stem_conv, body, shortcut_conv = stem[0], block.body, block.shortcut[0]
+    out_size = ((height + 1) // 2, (width + 1) // 2)
+    strided = torch.empty(b, body[3].out_channels, *out_size, dtype=image.dtype, memory_format=torch.channels_last)
+    shortcut = torch.empty(b, shortcut_conv.out_channels, *out_size, dtype=image.dtype,
+                           memory_format=torch.channels_last)
+    # pass 1 for all samples: the stem's GroupNorm from each image's moments (the stem conv is linear, no bias)
+    weight = stem_conv.weight.flatten(1).double()  # k, 3
+    mean, cov = image_moments(image)
+    stem_affine = group_norm_affine(stem[1], mean @ weight.t(), torch.einsum("ci,bij,cj->bc", weight, cov, weight),
+                                    image.dtype)
+    for i in range(b):  # per sample: the GroupNorms folded into the convolutions before them
+        stem_weights = folded(stem_conv, stem_affine[0][i], stem_affine[1][i])
+        _sample_in_bands(image[i:i + 1], stem_weights, body, shortcut_conv, strided[i:i + 1], shortcut[i:i + 1],
+                         band_rows(width, band_pixels))
+    x = body[5](body[4](strided))  # GroupNorm, ReLU at half resolution
+    x = body[7](body[6](x))  # 1x1 conv, GroupNorm
+    return x.add_(block.shortcut[1](shortcut)).relu_()
+
+
+def _sample_in_bands(image: torch.Tensor, stem_weights: tuple[torch.Tensor, torch.Tensor], body: nn.Sequential,
+                     shortcut_conv: nn.Conv2d, strided: torch.Tensor, shortcut: torch.Tensor, rows: int) -> None:
+    """Passes 2 and 3 for one sample (batch 1), writing the stride-2 3x3 conv and the shortcut conv."""
+    height = image.shape[-2]
+    reduce_conv = body[0]
+
+    def stem(start: int, stop: int) -> torch.Tensor:
+        return F.conv2d(image[:, :, start:stop], *stem_weights).relu_()
+
+    # pass 2: the reduce conv's statistics (sums of values shifted by the first band's means), the shortcut conv
+    k = reduce_conv.out_channels
+    sums, squares = image.new_zeros(k, dtype=torch.float64), image.new_zeros(k, dtype=torch.float64)
+    shift = None
+    for start in range(0, height, rows):
+        stop = min(height, start + rows)
+        stem_band = stem(start, stop)
+        shortcut[:, :, start // 2:(stop + 1) // 2] = F.conv2d(stem_band, shortcut_conv.weight, stride=2)
+        reduced = F.conv2d(stem_band, reduce_conv.weight)
+        if shift is None:
+            shift = reduced.mean((0, 2, 3), keepdim=True)
+        sums += reduced.sum((0, 2, 3)).double()
+        squares += reduced.sub_(shift).square_().sum((0, 2, 3)).double()
+    pixels = height * image.shape[-1]
+    mean = sums / pixels
+    variance = (squares / pixels - (mean - shift.flatten().double()).square()).clamp_min(0.0)
+    scale, offset = group_norm_affine(body[1], mean[None], variance[None], image.dtype)
+    reduce_weights = folded(reduce_conv, scale[0], offset[0])
+
+    # pass 3: the stride-2 3x3 conv over bands of output rows; output row i reads input rows 2i - 1 .. 2i + 1
+    out_rows = rows // 2
+    for first in range(0, strided.shape[-2], out_rows):
+        last = min(strided.shape[-2], first + out_rows)
+        start, stop = max(2 * first - 1, 0), min(2 * last, height)
+        band = F.conv2d(stem(start, stop), *reduce_weights).relu_()
+        top, bottom = int(first == 0), 2 * last - stop  # zero padding rows outside the image
+        if top or bottom:
+            band = F.pad(band, (0, 0, top, bottom))
+        strided[:, :, first:last] = F.conv2d(band, body[3].weight, stride=2, padding=(0, 1))
