@@ -149,3 +149,10 @@ if hasattr(torch.ops.wrc, "neighbourhood_attention"):  # absent from a library b
     torch.library.register_fake("wrc::_neighbourhood_attention_backward", _neighbourhood_attention_backward_fake)
     torch.library.register_autograd("wrc::neighbourhood_attention", _neighbourhood_attention_backward,
                                     setup_context=_save_attention_inputs)
+
+
+@torch.library.register_fake("wrc::channel_moments")
+def _channel_moments_fake(x):
+    torch._check(x.dim() == 3)
+    return x.new_empty(x.shape[0], x.shape[2], dtype=torch.float64), x.new_empty(x.shape[0], x.shape[2],
+                                                                                   dtype=torch.float64)

@@ -39,6 +39,9 @@ TORCH_LIBRARY(wrc, m) {
   m.def(
       "neighbourhood_attention(Tensor q, Tensor k, Tensor v, int kernel, int heads, bool average_heads, float scale)"
       " -> Tensor");
+  // Per-sample, per-channel mean and population variance (float64, (N, C) each) of x (N, P, C): GroupNorm's
+  // statistics for channels-last activations in one float64 pass; CPU only, not differentiable.
+  m.def("channel_moments(Tensor x) -> (Tensor, Tensor)");
   m.def(
       "_neighbourhood_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, int kernel, int heads,"
       " bool average_heads, float scale) -> (Tensor, Tensor, Tensor)");

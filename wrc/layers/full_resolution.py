@@ -8,14 +8,14 @@ memory from the OS (glibc maps allocations of this size anew), and touching it c
 stage runs over bands of rows a few MB in size, in three passes, each recomputing the cheap layers before it:
 
 1. the stem's GroupNorm statistics, exact from the image's mean and covariance (the conv is linear);
-2. per band: stem, 1x1 conv -> sums for the second GroupNorm's statistics; the strided shortcut conv;
+2. per band: stem, 1x1 conv -> the second GroupNorm's statistics (float64 moments); the strided shortcut conv;
 3. per band of output rows (plus one halo row): stem, 1x1 conv, GroupNorm, ReLU, the stride-2 3x3 conv.
 
 Each sample runs on its own, so that each GroupNorm, once its statistics are known, is folded into the conv
 before it (scaled weights and a bias): a band's stem or normalised 1x1 conv is one oneDNN call and one ReLU.
 
-The statistics are as accurate as PyTorch's NCHW kernel (fp64 sums of per-band cascade sums; the variance of
-values shifted by an estimate of their mean), so the stage equals the layer-by-layer one up to rounding. The
+The statistics are as accurate as PyTorch's NCHW kernel (each band's float64 moments, wrc.ops.moments, combined
+in float64), so the stage equals the layer-by-layer one up to rounding. The
 rest of the bottleneck runs as usual at half the resolution.
 """
 
@@ -24,6 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wrc.layers.norm import group_norm_affine
+from wrc.ops.moments import channel_moments
 
 BAND_PIXELS = 1 << 15  # ~ 4 MB of 32-channel float32 per band: reused by the allocator, resident in the L2/L3
 
@@ -47,24 +50,6 @@ def image_moments(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for j in range(i + 1):
             cov[:, i, j] = cov[:, j, i] = (centred[:, i] * centred[:, j]).mean((1, 2)).double()
     return mean.double(), cov
-
-
-def group_norm_affine(norm: nn.GroupNorm, channel_mean: torch.Tensor, channel_var: torch.Tensor,
-                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm as a per-sample, per-channel affine map x * scale + shift, from each channel's mean and
-    (population) variance over the pixels (B, k, float64); scale and shift as (B, k) of ``dtype``."""
-    b, k = channel_mean.shape
-    groups = norm.num_groups
-    mean = channel_mean.view(b, groups, -1)
-    group_mean = mean.mean(-1, keepdim=True)
-    group_var = (channel_var.view(b, groups, -1) + (mean - group_mean).square()).mean(-1, keepdim=True)
-    scale = (group_var + norm.eps).rsqrt().expand(b, groups, k // groups).reshape(b, k)
-    shift = -group_mean.expand(b, groups, k // groups).reshape(b, k) * scale
-    if norm.weight is not None:
-        scale, shift = scale * norm.weight.double(), shift * norm.weight.double()
-    if norm.bias is not None:
-        shift = shift + norm.bias.double()
-    return scale.to(dtype), shift.to(dtype)
 
 
 def folded(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,23 +93,20 @@ def _sample_in_bands(image: torch.Tensor, stem_weights: tuple[torch.Tensor, torc
     def stem(start: int, stop: int) -> torch.Tensor:
         return F.conv2d(image[:, :, start:stop], *stem_weights).relu_()
 
-    # pass 2: the reduce conv's statistics (sums of values shifted by the first band's means), the shortcut conv
+    # pass 2: the reduce conv's statistics, the shortcut conv
     k = reduce_conv.out_channels
-    sums, squares = image.new_zeros(k, dtype=torch.float64), image.new_zeros(k, dtype=torch.float64)
-    shift = None
+    sums, squares = image.new_zeros(1, k, dtype=torch.float64), image.new_zeros(1, k, dtype=torch.float64)
     for start in range(0, height, rows):
         stop = min(height, start + rows)
         stem_band = stem(start, stop)
         shortcut[:, :, start // 2:(stop + 1) // 2] = F.conv2d(stem_band, shortcut_conv.weight, stride=2)
-        reduced = F.conv2d(stem_band, reduce_conv.weight)
-        if shift is None:
-            shift = reduced.mean((0, 2, 3), keepdim=True)
-        sums += reduced.sum((0, 2, 3)).double()
-        squares += reduced.sub_(shift).square_().sum((0, 2, 3)).double()
+        reduced = F.conv2d(stem_band, reduce_conv.weight).permute(0, 2, 3, 1).reshape(1, -1, k)
+        band_mean, band_var = channel_moments(reduced)  # float64: the bands combine without losing digits
+        sums += band_mean * reduced.shape[1]
+        squares += (band_var + band_mean.square()) * reduced.shape[1]
     pixels = height * image.shape[-1]
     mean = sums / pixels
-    variance = (squares / pixels - (mean - shift.flatten().double()).square()).clamp_min(0.0)
-    scale, offset = group_norm_affine(body[1], mean[None], variance[None], image.dtype)
+    scale, offset = group_norm_affine(body[1], mean, (squares / pixels - mean.square()).clamp_min(0.0), image.dtype)
     reduce_weights = folded(reduce_conv, scale[0], offset[0])
 
     # pass 3: the stride-2 3x3 conv over bands of output rows; output row i reads input rows 2i - 1 .. 2i + 1

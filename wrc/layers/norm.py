@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.ops.moments import channel_moments
+
 
 def channels_last_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                              eps: float) -> torch.Tensor:
@@ -33,13 +35,37 @@ def channels_last_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor 
     return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def group_norm_affine(norm: nn.GroupNorm, channel_mean: torch.Tensor, channel_var: torch.Tensor,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm as a per-sample, per-channel affine map x * scale + shift, from each channel's mean and
+    (population) variance over the pixels (N, C, float64); scale and shift as (N, C) of ``dtype``."""
+    b, k = channel_mean.shape
+    groups = norm.num_groups
+    mean = channel_mean.view(b, groups, -1)
+    group_mean = mean.mean(-1, keepdim=True)
+    group_var = (channel_var.view(b, groups, -1) + (mean - group_mean).square()).mean(-1, keepdim=True)
+    scale = (group_var + norm.eps).rsqrt().expand(b, groups, k // groups).reshape(b, k)
+    shift = -group_mean.expand(b, groups, k // groups).reshape(b, k) * scale
+    if norm.weight is not None:
+        scale, shift = scale * norm.weight.double(), shift * norm.weight.double()
+    if norm.bias is not None:
+        shift = shift + norm.bias.double()
+    return scale.to(dtype), shift.to(dtype)
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters, state_dict and NCHW results) with ``channels_last_group_norm`` for
     channels-last CPU inputs, in eager mode and in exported or compiled graphs alike (an exported graph runs
     PyTorch's kernels; ONNX gets the two passes as plain ops). CUDA's kernel is two-pass already."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dim() == 4
-                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+        if (x.device.type != "cpu" or x.dim() != 4 or x.is_contiguous()
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype not in (torch.float32, torch.float64):
             return channels_last_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        # inference: the statistics in one pass (wrc.ops.moments), then one affine pass (no centred copy)
+        n, c, h, w = x.shape
+        values = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        scale, shift = group_norm_affine(self, *channel_moments(values), x.dtype)
+        return torch.addcmul(shift[:, None], values, scale[:, None]).view(n, h, w, c).permute(0, 3, 1, 2)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from wrc.layers.blocks import GuidanceEncoder
-from wrc.layers.full_resolution import band_rows, full_resolution_stage, group_norm_affine, image_moments
+from wrc.layers.full_resolution import band_rows, full_resolution_stage, image_moments
+from wrc.layers.norm import group_norm_affine
 
 CL = torch.channels_last
 
