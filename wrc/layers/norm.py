@@ -4,8 +4,10 @@ PyTorch's channels-last GroupNorm kernel takes each group's variance in one pass
 mean is a few spreads from zero it loses digits at any size (1.5e-5 off at 16 x 20 pixels with a mean of 3
 spreads, 5e-5 at 448 x 448; its NCHW kernel: 4e-7), enough to move a randomised WRC's outputs by 2e-5. The
 guided networks run channels-last, where oneDNN's convolutions are fastest (a 1x1 convolution at 448 x 448 x 32:
-1.4 ms channels-last, 37 ms NCHW on a 2-core AMD CPU), so on the CPU their GroupNorm takes two passes: the
-group means from per-channel sums (PyTorch's cascade summation: 2e-7), then the variance of the centred values.
+1.4 ms channels-last, 37 ms NCHW on a 2-core AMD CPU), so on the CPU their GroupNorm computes its statistics
+accurately: for inference in one float64 pass (wrc.ops.moments), otherwise (gradients, compiled or exported
+graphs) in two differentiable passes, the group means from per-channel sums (PyTorch's cascade summation: 2e-7),
+then the variance of the centred values.
 """
 
 from __future__ import annotations

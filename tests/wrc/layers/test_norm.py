@@ -64,3 +64,21 @@ def test_module_routes_by_layout_with_nn_groupnorm_state():
             assert (out.double() - oracle).abs().max() < 2e-6
             nchw = x.contiguous()  # NCHW: PyTorch's kernel, bit for bit
             assert torch.equal(norm(nchw), F.group_norm(nchw, 4, norm.weight, norm.bias))
+
+
+def test_channel_moments_kernel_and_reference_agree_and_refuse_other_shapes():
+    from wrc.ops.extension import reference_only
+    from wrc.ops.moments import channel_moments
+
+    values = data((2, 6, 9, 11)).permute(0, 2, 3, 1).reshape(2, 99, 6)
+    with torch.no_grad():
+        fast = channel_moments(values)
+        with reference_only():
+            reference = channel_moments(values)
+    exact = values.double()
+    for got in (fast, reference):
+        assert got[0].dtype == got[1].dtype == torch.float64
+        torch.testing.assert_close(got[0], exact.mean(1), rtol=1e-6, atol=0)
+        torch.testing.assert_close(got[1], exact.var(1, unbiased=False), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match=r"values must be \(N, pixels, channels\); got shape \(6, 99\)"):
+        channel_moments(values[0].t())
