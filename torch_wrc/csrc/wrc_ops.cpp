@@ -42,6 +42,12 @@ TORCH_LIBRARY(wrc, m) {
   // Per-sample, per-channel mean and population variance (float64, (N, C) each) of x (N, P, C): GroupNorm's
   // statistics for channels-last activations in one float64 pass; CPU only, not differentiable.
   m.def("channel_moments(Tensor x) -> (Tensor, Tensor)");
+  // In place on x (N, P, C): x = [relu](x * scale + shift [+ residual [* residual_scale]]), scale, shift and
+  // residual_scale (N, C), residual (N, P, C): GroupNorm's apply with its ReLU and a residual sum in one pass;
+  // CPU only, not differentiable.
+  m.def(
+      "channel_affine_(Tensor(a!) x, Tensor scale, Tensor shift, Tensor? residual, Tensor? residual_scale,"
+      " bool relu) -> ()");
   m.def(
       "_neighbourhood_attention_backward(Tensor grad, Tensor q, Tensor k, Tensor v, int kernel, int heads,"
       " bool average_heads, float scale) -> (Tensor, Tensor, Tensor)");

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrc.layers.full_resolution import BAND_PIXELS, full_resolution_stage
-from wrc.layers.norm import GroupNorm
+from wrc.layers.norm import GroupNorm, fuses_in_place, group_norm_, is_plain_group_norm
 
 
 def group_norm(channels: int, max_groups: int = 16) -> GroupNorm:
@@ -39,8 +39,20 @@ class Bottleneck(nn.Module):
                                           group_norm(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fuses_in_place(x):  # CPU inference: each GroupNorm, its ReLU or the residual sum one pass in place
+            return self.fused_forward(x)
         out = self.body(x)
         return out.add_(self.shortcut(x)).relu_()  # in place: the body's last GroupNorm does not need its output
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same as ``forward`` (up to rounding) with wrc.layers.norm.group_norm_ after each convolution."""
+        body = self.body
+        y = group_norm_(body[1], body[0](x), relu=True)
+        y = group_norm_(body[4], body[3](y), relu=True)
+        if isinstance(self.shortcut, nn.Identity):
+            return group_norm_(body[7], body[6](y), relu=True, residual=x)
+        return group_norm_(body[7], body[6](y), relu=True, residual=self.shortcut[0](x),
+                           residual_norm=self.shortcut[1])
 
 
 class GuidanceEncoder(nn.Module):
@@ -65,7 +77,10 @@ class GuidanceEncoder(nn.Module):
 
         Inference on the CPU computes the full-resolution layers in row bands (``full_resolution_stage``: the
         same result without a full-resolution map)."""
-        if mean is None and std is None and self.runs_in_bands(image):
+        folds = self.folds_stem_norms()
+        if mean is not None and std is not None and not folds:
+            image, mean, std = (image - mean) / std, None, None
+        if mean is None and std is None and folds and self.runs_in_bands(image):
             quarter = self.to_quarter[1:](full_resolution_stage(self.stem, self.to_quarter[0], image))
         else:
             stem = self.stem(image) if mean is None or std is None else folded_stem(self.stem, image, mean, std)
@@ -75,6 +90,13 @@ class GuidanceEncoder(nn.Module):
         if guide_1x.shape[-2:] != tuple(grid):  # odd 2x sizes cannot happen; kept exact for safety
             guide_1x = F.adaptive_avg_pool2d(guide_1x, grid)
         return guide_2x, guide_1x
+
+    def folds_stem_norms(self) -> bool:
+        """Whether the stem's and the first block's full-resolution norms are plain GroupNorms, which
+        ``folded_stem`` and ``full_resolution_stage`` fold into the convolutions rather than call."""
+        block = self.to_quarter[0]
+        norms = (self.stem[1], block.body[1], block.body[4], block.body[7], block.shortcut[1])
+        return all(is_plain_group_norm(norm) for norm in norms)
 
     @staticmethod
     def runs_in_bands(image: torch.Tensor) -> bool:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wrc.layers.norm import group_norm_affine
+from wrc.layers.norm import group_norm_, group_norm_affine
 from wrc.ops.moments import channel_moments
 
 BAND_PIXELS = 1 << 15  # ~ 4 MB of 32-channel float32 per band, a sixth of a 448 x 448 map: L3-resident
@@ -79,9 +79,8 @@ def full_resolution_stage(stem: nn.Sequential, block: nn.Module, image: torch.Te
         stem_weights = folded(stem_conv, stem_affine[0][i], stem_affine[1][i])
         _sample_in_bands(image[i:i + 1], stem_weights, body, shortcut_conv, strided[i:i + 1], shortcut[i:i + 1],
                          band_rows(width, band_pixels))
-    x = body[5](body[4](strided))  # GroupNorm, ReLU at half resolution
-    x = body[7](body[6](x))  # 1x1 conv, GroupNorm
-    return x.add_(block.shortcut[1](shortcut)).relu_()
+    x = group_norm_(body[4], strided, relu=True)  # at half resolution: GroupNorm, ReLU
+    return group_norm_(body[7], body[6](x), relu=True, residual=shortcut, residual_norm=block.shortcut[1])
 
 
 def _sample_in_bands(image: torch.Tensor, stem_weights: tuple[torch.Tensor, torch.Tensor], body: nn.Sequential,

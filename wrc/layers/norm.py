@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.ops.affine import channel_affine_
 from wrc.ops.moments import channel_moments
 
 
@@ -71,3 +72,50 @@ class GroupNorm(nn.GroupNorm):
         values = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
         scale, shift = group_norm_affine(self, *channel_moments(values), x.dtype)
         return torch.addcmul(shift[:, None], values, scale[:, None]).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def fuses_in_place(x: torch.Tensor) -> bool:
+    """Whether ``group_norm_`` takes its one-pass in-place path for ``x``: eager CPU inference on a channels-last
+    float32/64 map (no autograd, no tracing or compiling, no autocast)."""
+    return (x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last) and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def is_plain_group_norm(module: nn.Module) -> bool:
+    """Whether ``module`` computes exactly GroupNorm (nn.GroupNorm or this GroupNorm, forward not overridden):
+    only then may a caller fold it into an affine map or a fused pass instead of calling it."""
+    return isinstance(module, nn.GroupNorm) and type(module).forward in (nn.GroupNorm.forward, GroupNorm.forward)
+
+
+def group_norm_(norm: nn.GroupNorm, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None,
+                residual_norm: nn.GroupNorm | None = None) -> torch.Tensor:
+    """[relu](norm(x) [+ residual_norm(residual) | + residual]): a bottleneck's GroupNorm and what follows it.
+
+    ``x`` is consumed: for channels-last CPU inference (``fuses_in_place``) the result overwrites it in one pass
+    (statistics in float64, wrc.ops.moments; apply, residual and ReLU at once, wrc.ops.affine), and the
+    residual's GroupNorm never exists as a tensor of its own. Otherwise (autograd, export, CUDA, or a norm that
+    is not a plain GroupNorm, ``is_plain_group_norm``) the modules run one by one, with the same result up to
+    rounding.
+    """
+    fuses = (fuses_in_place(x) and is_plain_group_norm(norm)
+             and (residual is None or fuses_in_place(residual))
+             and (residual_norm is None or is_plain_group_norm(residual_norm)))
+    if not fuses:
+        out = norm(x)
+        if residual is not None:
+            out = out + (residual if residual_norm is None else residual_norm(residual))
+        return out.relu_() if relu else out
+    n, c, h, w = x.shape
+    values = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of channels-last memory
+    scale, shift = group_norm_affine(norm, *channel_moments(values), x.dtype)
+    residual_values = residual_scale = None
+    if residual is not None:
+        residual_values = residual.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        if residual_norm is not None:
+            residual_scale, residual_shift = group_norm_affine(residual_norm, *channel_moments(residual_values),
+                                                               x.dtype)
+            shift = shift + residual_shift
+    channel_affine_(values, scale, shift, residual_values, residual_scale, relu)
+    return x

@@ -73,6 +73,28 @@ def test_encoder_uses_bands_for_cpu_inference_only():
         assert not GuidanceEncoder.runs_in_bands(image.half())
 
 
+@pytest.mark.parametrize("folded", [False, True])  # the image normalised, or raw with mean and std to fold
+def test_encoder_calls_norms_it_cannot_fold(folded):
+    """With every GroupNorm replaced by the identity, the banded stage and the folded stem step aside: the encoder
+    equals its modules applied one by one (float64, an image of several bands)."""
+    encoder = randomised_encoder(torch.float64)
+    for module in list(encoder.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.GroupNorm):
+                setattr(module, name, torch.nn.Identity())
+    torch.manual_seed(3)
+    image = torch.rand(1, 3, 192, 192, dtype=torch.float64).contiguous(memory_format=CL)
+    mean, std = torch.full((1, 3, 1, 1), 0.4, dtype=torch.float64), torch.full((1, 3, 1, 1), 0.2, dtype=torch.float64)
+    normalised = (image - mean) / std
+    with torch.no_grad():
+        out = encoder(image, (12, 12), mean, std) if folded else encoder(normalised, (12, 12))
+        quarter = encoder.to_quarter(encoder.stem(normalised.contiguous()))
+        guide_2x = torch.nn.functional.adaptive_max_pool2d(quarter, (24, 24))
+        expected = guide_2x, encoder.to_grid(guide_2x)
+    for o, e in zip(out, expected, strict=True):
+        torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-10)
+
+
 def test_band_rows_are_even_and_at_least_two():
     assert band_rows(448) == 72
     assert band_rows(10_000) == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wrc.layers.norm import GroupNorm, channels_last_group_norm
+from wrc.layers.norm import GroupNorm, channels_last_group_norm, fuses_in_place, group_norm_
 
 CL = torch.channels_last
 
@@ -82,3 +82,87 @@ def test_channel_moments_kernel_and_reference_agree_and_refuse_other_shapes():
         torch.testing.assert_close(got[1], exact.var(1, unbiased=False), rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match=r"values must be \(N, pixels, channels\); got shape \(6, 99\)"):
         channel_moments(values[0].t())
+
+
+def randomised_norm(groups: int, channels: int, dtype=torch.float64) -> GroupNorm:
+    norm = GroupNorm(groups, channels).to(dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    return norm
+
+
+@pytest.mark.parametrize("residual_kind", [None, "plain", "normalised"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_group_norm_in_place_equals_the_definition_float64(residual_kind, relu):
+    norm, residual_norm = randomised_norm(4, 8), randomised_norm(2, 8)
+    x = data((2, 8, 9, 11)).double()
+    residual = None if residual_kind is None else data((2, 8, 9, 11), offset=-1.0).double()
+    expected = group_norm_oracle(x, 4, norm.weight, norm.bias)
+    if residual_kind == "plain":
+        expected = expected + residual
+    elif residual_kind == "normalised":
+        expected = expected + group_norm_oracle(residual, 2, residual_norm.weight, residual_norm.bias)
+    if relu:
+        expected = expected.clamp_min(0.0)
+    with torch.no_grad():
+        storage = x.data_ptr()
+        out = group_norm_(norm, x, relu=relu, residual=residual,
+                          residual_norm=residual_norm if residual_kind == "normalised" else None)
+    assert out.data_ptr() == storage and out.is_contiguous(memory_format=CL)  # in place, layout kept
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_group_norm_in_place_only_where_it_is_safe():
+    norm = randomised_norm(2, 4)
+    x = data((1, 4, 5, 6)).double()
+    expected = group_norm_oracle(x, 2, norm.weight, norm.bias).clamp_min(0.0)
+    assert fuses_in_place(x) is False  # gradients are on
+    out = group_norm_(norm, x.clone(), relu=True)  # autograd path: the module, then relu
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        assert fuses_in_place(x) and not fuses_in_place(x.contiguous()) and not fuses_in_place(x.half())
+        nchw = x.contiguous()
+        torch.testing.assert_close(group_norm_(norm, nchw, relu=True), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_group_norm_in_place_calls_a_norm_it_cannot_fold():
+    """A norm replaced by the identity (or a GroupNorm with its own forward) runs as a module: never folded."""
+
+    class Doubling(torch.nn.GroupNorm):
+        def forward(self, x):
+            return 2 * x
+
+    x, residual = data((1, 4, 5, 6)).double(), data((1, 4, 5, 6), offset=-1.0).double()
+    with torch.no_grad():
+        torch.testing.assert_close(group_norm_(torch.nn.Identity(), x.clone(), relu=True), x.relu())
+        torch.testing.assert_close(group_norm_(Doubling(2, 4).double(), x.clone()), 2 * x)
+        out = group_norm_(torch.nn.Identity(), x.clone(), residual=residual, residual_norm=torch.nn.Identity())
+        torch.testing.assert_close(out, x + residual)
+
+
+def test_channel_affine_reference_and_kernel_agree_and_refuse_bad_arguments():
+    from wrc.ops.affine import channel_affine_
+    from wrc.ops.extension import reference_only
+
+    torch.manual_seed(0)
+    values, residual = torch.randn(2, 50, 3), torch.randn(2, 50, 3)
+    scale, shift, residual_scale = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    expected = (values * scale[:, None] + shift[:, None] + residual * residual_scale[:, None]).relu()
+    with torch.no_grad():
+        fast = channel_affine_(values.clone(), scale, shift, residual, residual_scale, relu=True)
+        with reference_only():
+            reference = channel_affine_(values.clone(), scale, shift, residual, residual_scale, relu=True)
+        torch.testing.assert_close(fast, expected)
+        torch.testing.assert_close(reference, expected)
+        with pytest.raises(ValueError, match=r"shift must be \(N, C\) = \(2, 3\) of dtype torch.float32"):
+            channel_affine_(values, scale, shift[0])
+        with pytest.raises(ValueError, match="residual_scale needs a residual"):
+            channel_affine_(values, scale, shift, residual_scale=residual_scale)
+        with pytest.raises(ValueError, match="residual must match values"):
+            channel_affine_(values, scale, shift, residual[:, :10])
+        with pytest.raises(ValueError, match="values must be contiguous"):
+            channel_affine_(values.transpose(0, 1), scale, shift)
+    with pytest.raises(RuntimeError, match="torch.no_grad"):
+        channel_affine_(values, scale.requires_grad_(), shift)
