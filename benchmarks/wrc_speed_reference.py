@@ -1,7 +1,8 @@
 """The guided networks' forward pass as it was before issue 17 ("Speed on the CPU"), frozen: the reference that
 ``bench_wrc_speed`` times against and that tests/wrc/upsamplers/test_wrc_speed_paths.py compares the optimised
 forward with. It reads the parameters of a live WRC / Converse2D / wrc_tconv model (same state_dict), so the
-two paths can differ only in how they compute, never in what.
+two paths can differ only in how they compute, never in what. (One change since: its solves take float64
+inputs in float64, not float32, as the layers now do: ``full_precision``.)
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wrc.layers.reverse_conv import ReverseConv2d, WeightedReverseConv2d
+from wrc.layers.reverse_conv import ReverseConv2d, WeightedReverseConv2d, full_precision
 from wrc.ops.reverse_conv import block_solve_reference, weighted_reverse_conv
 from wrc.upsamplers.guided import GuidedReverseNet
 
@@ -38,10 +39,10 @@ def weighted_layer(layer: WeightedReverseConv2d, y: torch.Tensor, z: torch.Tenso
     """The old ``WeightedReverseConv2d.forward`` (fused=False: the pure-PyTorch block solve for k = s)."""
     low_input = y if low_guide is None else torch.cat([y, low_guide], dim=1)
     w_low, w_high = layer.w_low(low_input), layer.w_high(torch.cat([z, guide], dim=1))
-    kernel = layer.kernel()
+    kernel, y, z = layer.kernel(), full_precision(y), full_precision(z)
     if not fused and kernel.shape[-1] == layer.scale:
-        return block_solve_reference(y.float(), z.float(), kernel, w_low.expand_as(y), w_high.expand_as(z))
-    return weighted_reverse_conv(y.float(), z.float(), kernel, layer.scale, w_low, w_high, padding=layer.padding,
+        return block_solve_reference(y, z, kernel, w_low.expand_as(y), w_high.expand_as(z))
+    return weighted_reverse_conv(y, z, kernel, layer.scale, w_low, w_high, padding=layer.padding,
                                  padding_mode=layer.padding_mode, iterations=layer.iterations, tol=layer.tol)
 
 

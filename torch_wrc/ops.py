@@ -30,6 +30,24 @@ def _block_solve_backward(ctx, grad):
 torch.library.register_autograd("wrc::block_solve", _block_solve_backward, setup_context=_setup_context)
 
 
+def _inference_only(name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"wrc::{name} is an inference kernel without a backward; for gradients call "
+                           "wrc.ops.reverse_conv.block_solve, which routes to a differentiable solve")
+    return backward
+
+
+if hasattr(torch.ops.wrc, "block_solve_channels_last"):  # absent from a library built before the op existed
+    @torch.library.register_fake("wrc::block_solve_channels_last")
+    def _block_solve_channels_last_fake(y, z, kernel, w_low, w_high):
+        s = kernel.shape[-1]
+        torch._check(z.shape == (y.shape[0], y.shape[1], y.shape[2] * s, y.shape[3] * s))
+        return torch.empty_like(z, memory_format=torch.channels_last)
+
+    torch.library.register_autograd("wrc::block_solve_channels_last", _inference_only("block_solve_channels_last"),
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
 @torch.library.register_fake("wrc::lr_spectral_solve")
 def _lr_spectral_solve_fake(t, eig, lam, alpha):
     torch._check(eig.shape == (t.shape[1], t.shape[2], t.shape[3] // 2 + 1))

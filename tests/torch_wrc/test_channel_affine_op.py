@@ -21,7 +21,7 @@ def oracle(x, scale, shift, residual, residual_scale, relu):
 @pytest.mark.parametrize("relu", [False, True])
 def test_matches_the_expression_in_place(dtype, residual_kind, relu):
     torch.manual_seed(0)
-    n, p, c = 2, 5000, 7  # several 2048-pixel tasks per sample, an odd channel count
+    n, p, c = 2, 20000, 7  # several tasks per sample (65,536 values each), an odd channel count
     x = torch.randn(n, p, c, dtype=dtype)
     scale, shift = torch.randn(n, c, dtype=dtype), torch.randn(n, c, dtype=dtype)
     residual = None if residual_kind is None else torch.randn(n, p, c, dtype=dtype).transpose(0, 1).contiguous() \

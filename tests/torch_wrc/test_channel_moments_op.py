@@ -10,14 +10,20 @@ pytestmark = pytest.mark.skipif(not torch_wrc.is_available(), reason="torch_wrc 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_float64_definition_far_from_zero_mean(dtype):
+# channels: the remainder loop only, two 16-channel register groups, groups and a remainder, the widest map
+@pytest.mark.parametrize("channels", [7, 32, 40, 416])
+def test_matches_float64_definition_far_from_zero_mean(dtype, channels):
     torch.manual_seed(0)
-    x = (torch.randn(2, 3000, 7, dtype=torch.float64) * 0.01 + 5.0).to(dtype)  # mean 500 spreads from zero
+    # 3000 pixels: several partial-sum blocks per sample at every width (at most 1024 pixels, fewer when wide)
+    x = (torch.randn(2, 3000, channels, dtype=torch.float64) * 0.01 + 5.0).to(dtype)  # mean 500 spreads from 0
     mean, var = torch.ops.wrc.channel_moments(x)
     exact = x.double()
-    assert mean.dtype == var.dtype == torch.float64 and mean.shape == (2, 7)
+    assert mean.dtype == var.dtype == torch.float64 and mean.shape == (2, channels)
     torch.testing.assert_close(mean, exact.mean(1), rtol=1e-13, atol=0)
-    torch.testing.assert_close(var, exact.var(1, unbiased=False), rtol=1e-9, atol=0)
+    # the kernel sums values shifted by one pixel of the sample: no cancellation however far the mean is from zero
+    torch.testing.assert_close(var, exact.var(1, unbiased=False), rtol=1e-11, atol=0)
+    far = x.double() + 1e4  # now 10^6 spreads from zero: E[x^2] - E[x]^2 unshifted would keep ~4 digits
+    torch.testing.assert_close(torch.ops.wrc.channel_moments(far)[1], far.var(1, unbiased=False), rtol=1e-8, atol=0)
     strided = x.transpose(1, 2).contiguous().transpose(1, 2)  # the kernel takes any strides
     torch.testing.assert_close(torch.ops.wrc.channel_moments(strided)[1], var, rtol=1e-12, atol=0)
 

@@ -17,6 +17,9 @@ TORCH_LIBRARY(wrc, m) {
   m.def(
       "_block_solve_backward(Tensor grad, Tensor y, Tensor z, Tensor kernel, Tensor w_low, Tensor w_high)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same solve for inference on channels-last y, z (-> x channels-last), w_low (B, 1 or C, h, w) and w_high
+  // (B, 1 or C, sh, sw): a map of one channel is shared by all; CPU only, not differentiable.
+  m.def("block_solve_channels_last(Tensor y, Tensor z, Tensor kernel, Tensor w_low, Tensor w_high) -> Tensor");
   // Closed-form LR step: irfft2(lam / (lam * eig + alpha) * rfft2(t)); t (B,C,h,w), eig (C,h,w//2+1),
   // lam and alpha (B,C).
   m.def("lr_spectral_solve(Tensor t, Tensor eig, Tensor lam, Tensor alpha) -> Tensor");

@@ -14,6 +14,11 @@ from torch import nn
 from wrc.ops.reverse_conv import reverse_conv, weighted_reverse_conv
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is half precision (autocast), else as it is: a float64 model solves in float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class ReverseKernel(nn.Module):
     """Per-channel k x k kernels, positive and summing to one by construction (softmax over the taps).
 
@@ -28,7 +33,7 @@ class ReverseKernel(nn.Module):
 
     def forward(self) -> torch.Tensor:
         k = self.kernel_size
-        return self.logits.float().softmax(dim=-1).view(-1, k, k)  # C, k, k
+        return full_precision(self.logits).softmax(dim=-1).view(-1, k, k)  # C, k, k
 
 
 class ReverseConv2d(nn.Module):
@@ -48,9 +53,10 @@ class ReverseConv2d(nn.Module):
         self.alpha_raw = nn.Parameter(torch.full((channels,), 0.5413))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        lam, alpha = F.softplus(self.lam_raw.float()), self.alpha_min + F.softplus(self.alpha_raw.float())
+        lam = F.softplus(full_precision(self.lam_raw))
+        alpha = self.alpha_min + F.softplus(full_precision(self.alpha_raw))
         with torch.autocast(y.device.type, enabled=False):
-            return reverse_conv(y.float(), z.float(), self.kernel(), self.scale, lam, alpha,
+            return reverse_conv(full_precision(y), full_precision(z), self.kernel(), self.scale, lam, alpha,
                                 padding=self.padding, padding_mode=self.padding_mode)
 
 
@@ -71,7 +77,7 @@ class BoundedMap(nn.Module):
         nn.init.constant_(self.conv.bias, float(torch.logit(torch.tensor((init - low) / (high - low)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.low + (self.high - self.low) * torch.sigmoid(self.conv(x).float())
+        return self.low + (self.high - self.low) * torch.sigmoid(full_precision(self.conv(x)))
 
 
 class WeightedReverseConv2d(nn.Module):
@@ -115,6 +121,6 @@ class WeightedReverseConv2d(nn.Module):
                 low_guide: torch.Tensor | None = None) -> torch.Tensor:
         w_low, w_high = self.weights(y, z, guide, low_guide)
         with torch.autocast(y.device.type, enabled=False):
-            return weighted_reverse_conv(y.float(), z.float(), self.kernel(), self.scale, w_low, w_high,
+            return weighted_reverse_conv(full_precision(y), full_precision(z), self.kernel(), self.scale, w_low, w_high,
                                          padding=self.padding, padding_mode=self.padding_mode,
                                          iterations=self.iterations, tol=self.tol)

@@ -239,10 +239,11 @@ def reverse_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, scale: 
 def _check_weights(w_low: torch.Tensor, w_high: torch.Tensor) -> None:
     if torch.compiler.is_compiling():  # value checks would break the graph; the layers bound weights by construction
         return
-    if (w_low < 0).any() or torch.isnan(w_low).any():
+    # one pass per map: a comparison with NaN is False, so NaN fails these as well
+    if not bool((w_low >= 0).all()):
         raise ValueError("w_low must be >= 0 everywhere (data-fidelity weights); predict it with a bounded, "
                          "non-negative parameterisation such as eps + softplus")
-    if (w_high <= 0).any() or torch.isnan(w_high).any():
+    if not bool((w_high > 0).all()):
         raise ValueError("w_high must be > 0 everywhere (regularisation weights keep the system invertible); "
                          "predict it with a strictly positive parameterisation such as eps + softplus")
 
@@ -252,7 +253,13 @@ def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: t
     """(b) k = s with w_low, w_high broadcastable to y, z: the fused torch_wrc kernel on CUDA and when traced
     (torch.compile / torch.export keep the op), ``block_solve_conv`` in eager CPU code (the fused kernel needs
     every map expanded to every channel and contiguous: copies that cost more than the solve), and
-    ``block_solve_reference`` without the extension."""
+    ``block_solve_reference`` without the extension. Eager CPU inference on channels-last y and z (the guided
+    networks) takes torch_wrc's ``block_solve_channels_last``: one pass, maps shared by all channels read once."""
+    if _solves_channels_last(y, z, kernel, w_low, w_high):
+        cl = torch.channels_last
+        return torch.ops.wrc.block_solve_channels_last(y, z, kernel.to(y.dtype),
+                                                       w_low.to(y.dtype).contiguous(memory_format=cl),
+                                                       w_high.to(y.dtype).contiguous(memory_format=cl))
     if y.dtype in _EXTENSION_DTYPES and extension_enabled(y.device):
         if y.device.type == "cpu" and not torch.compiler.is_compiling():
             return block_solve_conv(y, z, kernel, w_low, w_high)
@@ -261,6 +268,21 @@ def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: t
                                          w_low.expand(b, c, *y.shape[-2:]).contiguous(),
                                          w_high.expand(b, c, *z.shape[-2:]).contiguous())
     return block_solve_reference(y, z, kernel, w_low.expand_as(y), w_high.expand_as(z))
+
+
+def _solves_channels_last(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
+                          w_high: torch.Tensor) -> bool:
+    """Whether the channels-last inference kernel applies: eager CPU code where nothing needs a gradient, y and z
+    channels-last (NCHW inputs keep ``block_solve_conv``, which needs no transpose), and a library with the op.
+    The kernel checks the weights in its own pass (ValueError, as ``_check_weights``)."""
+    if (y.device.type != "cpu" or y.dtype not in _EXTENSION_DTYPES or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or not extension_enabled(y.device)
+            or not hasattr(torch.ops.wrc, "block_solve_channels_last")):
+        return False
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, kernel, w_low, w_high))
+    cl = torch.channels_last
+    return (not needs_grad and y.dim() == z.dim() == 4 and z.dtype == y.dtype and not z.is_contiguous()
+            and y.is_contiguous(memory_format=cl) and z.is_contiguous(memory_format=cl))
 
 
 def block_solve_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: torch.Tensor,
@@ -476,9 +498,12 @@ def weighted_reverse_conv(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor
     with torch.autocast(y.device.type, enabled=False):
         y, z, kernel = y.to(dtype), z.to(dtype), kernel.to(dtype)
         w_low, w_high = w_low.to(dtype), w_high.to(dtype)
-        _check_weights(w_low, w_high)  # before expanding: maps shared by all channels are read once, not C times
         if k == scale:  # maps shared by all channels stay one channel
-            return block_solve(y, z, kernel, _spatial(w_low, y), _spatial(w_high, z))
+            w_low, w_high = _spatial(w_low, y), _spatial(w_high, z)
+            if not _solves_channels_last(y, z, kernel, w_low, w_high):  # that kernel checks them as it reads them
+                _check_weights(w_low, w_high)  # before any expansion: a shared map is read once, not C times
+            return block_solve(y, z, kernel, w_low, w_high)
+        _check_weights(w_low, w_high)
         w_low, w_high = w_low.expand_as(y), w_high.expand_as(z)
         cells = padding * scale
         y, w_low = _pad(y, padding, padding_mode), _pad(w_low, padding, padding_mode)

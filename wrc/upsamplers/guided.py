@@ -31,6 +31,7 @@ from torch import nn
 
 from wrc.layers.blocks import Bottleneck, GuidanceEncoder, fused_width, half_pixel_upsample
 from wrc.layers.guidance import GuidanceNormalize
+from wrc.layers.layout import contiguous_nchw
 from wrc.upsamplers.base import Upsampler
 
 CL = torch.channels_last
@@ -113,5 +114,5 @@ class GuidedReverseNet(Upsampler):
         if self.feature_skip:
             out = out + half_pixel_upsample(features, 2)
         if self.output_solver is None:
-            return out.contiguous()
-        return self.solve_output(features, out, guide_1x, guide_2x).to(out.dtype).contiguous()
+            return contiguous_nchw(out)
+        return contiguous_nchw(self.solve_output(features, out, guide_1x, guide_2x).to(out.dtype))

@@ -332,10 +332,13 @@ def test_kernel_smaller_than_scale():
         weighted_reverse_conv(y, z, torch.ones(2, 1, 1, dtype=DT), 2, w_low, w_high)
 
 
+@pytest.mark.parametrize("bad", ["out of range", "nan"])
 @pytest.mark.parametrize("which", ["low", "high"])
-def test_non_positive_weights_are_refused(which):
+def test_non_positive_weights_are_refused(which, bad):
     y, z, kernel, w_low, w_high = problem(2, 4)
-    if which == "low":
+    if bad == "nan":
+        (w_low if which == "low" else w_high)[0, 0, 1, 1] = float("nan")
+    elif which == "low":
         w_low = w_low - 10
     else:
         w_high = w_high * 0

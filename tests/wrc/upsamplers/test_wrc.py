@@ -109,6 +109,26 @@ def test_shared_weight_maps_with_a_low_guide_solve_each_block_by_hand():
         torch.testing.assert_close(x[b, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])  # either solve path
+def test_float64_layer_solves_in_float64(layout):
+    """A float64 layer keeps float64 through its weights, kernel and solve (half precision alone is promoted):
+    its output is the minimiser to float64 rounding, which a float32 solve would miss by ~1e-7."""
+    torch.manual_seed(0)
+    layer = WeightedReverseConv2d(6, 3, kernel_size=2, weight_maps=1).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    y, z, guide = (torch.randn(size, dtype=torch.float64).contiguous(memory_format=layout)
+                   for size in ((1, 6, 4, 5), (1, 6, 8, 10), (1, 3, 8, 10)))
+    with torch.no_grad():
+        x, (w_low, w_high), k = layer(y, z, guide), layer.weights(y, z, guide), layer.kernel()
+    assert x.dtype == w_low.dtype == k.dtype == torch.float64
+    zb, wb = z[0, :, :2, :2], w_high[0, 0, :2, :2]  # block (0, 0) of every channel, by hand
+    r = y[0, :, 0, 0] - (k * zb).sum((1, 2))
+    gain = w_low[0, 0, 0, 0] * r / (1 + w_low[0, 0, 0, 0] * (k.square() / wb).sum((1, 2)))
+    torch.testing.assert_close(x[0, :, :2, :2], zb + k / wb * gain[:, None, None], rtol=1e-13, atol=1e-13)
+
+
 def test_bad_weight_maps_are_rejected():
     with pytest.raises(ValueError, match="weight_maps"):
         WeightedReverseConv2d(6, 3, weight_maps=2)

@@ -8,15 +8,18 @@
 #include <algorithm>
 #include <optional>
 
+#include "isa.h"
+
 namespace wrc {
 namespace {
 
-constexpr int64_t kGrainPixels = 2048;  // pixels per task: a few hundred KB of 32-channel float32
+constexpr int64_t kGrainValues = 65536;  // values per task: a few hundred KB of float32
 
 // The branch-free inner loop of each variant (residual, scaled residual, ReLU), so that the compiler vectorises it.
 template <typename scalar_t, bool kResidual, bool kResidualScale, bool kRelu>
-void affine_rows(scalar_t* x, const scalar_t* residual, const scalar_t* scale, const scalar_t* shift,
-                 const scalar_t* residual_scale, int64_t pixels, int64_t C) {
+WRC_ISA_INLINE void affine_rows(scalar_t* __restrict x, const scalar_t* __restrict residual,
+                                const scalar_t* __restrict scale, const scalar_t* __restrict shift,
+                                const scalar_t* __restrict residual_scale, int64_t pixels, int64_t C) {
   for (int64_t p = 0; p < pixels; ++p, x += C) {
     for (int64_t c = 0; c < C; ++c) {
       scalar_t v = x[c] * scale[c] + shift[c];
@@ -31,6 +34,7 @@ void affine_rows(scalar_t* x, const scalar_t* residual, const scalar_t* scale, c
     if constexpr (kResidual) residual += C;
   }
 }
+WRC_ISA_CLONES(run_affine_rows, affine_rows)
 
 void check_affine(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(2), "wrc::channel_affine_: ", name,
@@ -64,7 +68,8 @@ void channel_affine_cpu(at::Tensor& x, const at::Tensor& scale_, const at::Tenso
   }
   const auto scale = scale_.contiguous(), shift = shift_.contiguous();
   const int64_t N = x.size(0), P = x.size(1), C = x.size(2);
-  const int64_t chunks = (P + kGrainPixels - 1) / kGrainPixels;
+  const int64_t grain = std::max<int64_t>(1, kGrainValues / std::max<int64_t>(C, 1));  // pixels per task
+  const int64_t chunks = (P + grain - 1) / grain;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "wrc::channel_affine_cpu", [&] {
     scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* rp = residual.defined() ? residual.data_ptr<scalar_t>() : nullptr;
@@ -73,8 +78,8 @@ void channel_affine_cpu(at::Tensor& x, const at::Tensor& scale_, const at::Tenso
     const scalar_t* bp = shift.data_ptr<scalar_t>();
     at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / chunks, first = (task % chunks) * kGrainPixels;
-        const int64_t last = std::min(P, first + kGrainPixels);
+        const int64_t n = task / chunks, first = (task % chunks) * grain;
+        const int64_t last = std::min(P, first + grain);
         const scalar_t* s = sp + n * C;
         const scalar_t* b = bp + n * C;
         const scalar_t* rs = rsp == nullptr ? nullptr : rsp + n * C;
@@ -82,14 +87,14 @@ void channel_affine_cpu(at::Tensor& x, const at::Tensor& scale_, const at::Tenso
         scalar_t* rows = xp + (n * P + first) * C;
         const int64_t count = last - first;
         if (res == nullptr) {
-          relu ? affine_rows<scalar_t, false, false, true>(rows, res, s, b, rs, count, C)
-               : affine_rows<scalar_t, false, false, false>(rows, res, s, b, rs, count, C);
+          relu ? run_affine_rows<scalar_t, false, false, true>(rows, res, s, b, rs, count, C)
+               : run_affine_rows<scalar_t, false, false, false>(rows, res, s, b, rs, count, C);
         } else if (rs == nullptr) {
-          relu ? affine_rows<scalar_t, true, false, true>(rows, res, s, b, rs, count, C)
-               : affine_rows<scalar_t, true, false, false>(rows, res, s, b, rs, count, C);
+          relu ? run_affine_rows<scalar_t, true, false, true>(rows, res, s, b, rs, count, C)
+               : run_affine_rows<scalar_t, true, false, false>(rows, res, s, b, rs, count, C);
         } else {
-          relu ? affine_rows<scalar_t, true, true, true>(rows, res, s, b, rs, count, C)
-               : affine_rows<scalar_t, true, true, false>(rows, res, s, b, rs, count, C);
+          relu ? run_affine_rows<scalar_t, true, true, true>(rows, res, s, b, rs, count, C)
+               : run_affine_rows<scalar_t, true, true, false>(rows, res, s, b, rs, count, C);
         }
       }
     });
