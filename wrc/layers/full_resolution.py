@@ -12,7 +12,8 @@ stage runs over bands of rows a few MB in size, in three passes, each recomputin
 3. per band of output rows (plus one halo row): stem, 1x1 conv, GroupNorm, ReLU, the stride-2 3x3 conv.
 
 Each sample runs on its own, so that each GroupNorm, once its statistics are known, is folded into the conv
-before it (scaled weights and a bias): a band's stem or normalised 1x1 conv is one oneDNN call and one ReLU.
+before it (scaled weights and a bias): a band's stem or normalised 1x1 conv is one oneDNN call, its ReLU fused
+(float32), and the strided convolutions add each band into the stage's output in place (``conv_into``).
 
 The statistics are as accurate as PyTorch's NCHW kernel (each band's float64 moments, wrc.ops.moments, combined
 in float64), so the stage equals the layer-by-layer one up to rounding. The rest of the bottleneck runs as usual
@@ -67,9 +68,11 @@ def full_resolution_stage(stem: nn.Sequential, block: nn.Module, image: torch.Te
     b, _, height, width = image.shape
     stem_conv, body, shortcut_conv = stem[0], block.body, block.shortcut[0]
     out_size = ((height + 1) // 2, (width + 1) // 2)
-    strided = torch.empty(b, body[3].out_channels, *out_size, dtype=image.dtype, memory_format=torch.channels_last)
+    # zeros: conv_into adds each band into them
+    strided = torch.empty(b, body[3].out_channels, *out_size, dtype=image.dtype,
+                          memory_format=torch.channels_last).zero_()
     shortcut = torch.empty(b, shortcut_conv.out_channels, *out_size, dtype=image.dtype,
-                           memory_format=torch.channels_last)
+                           memory_format=torch.channels_last).zero_()
     # pass 1 for all samples: the stem's GroupNorm from each image's moments (the stem conv is linear, no bias)
     weight = stem_conv.weight.flatten(1).double()  # k, 3
     mean, cov = image_moments(image)
@@ -83,6 +86,35 @@ def full_resolution_stage(stem: nn.Sequential, block: nn.Module, image: torch.Te
     return group_norm_(body[7], body[6](x), relu=True, residual=shortcut, residual_norm=block.shortcut[1])
 
 
+def _oneDNN_pointwise() -> bool:
+    """Whether oneDNN's fused convolution ops (the ones torch.compile's CPU backend emits) are available."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias).relu_()`` for a 1x1 convolution: for float32, oneDNN's convolution with the
+    ReLU as a post-op (the same bits, one pass over the band less)."""
+    if x.dtype == torch.float32 and FUSED_CONVOLUTIONS and _oneDNN_pointwise():
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
+    return F.conv2d(x, weight, bias).relu_()
+
+
+def conv_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: tuple[int, int]) -> None:
+    """``out[...] = F.conv2d(x, weight, stride=stride, padding=padding)`` for a zero-filled channels-last ``out``
+    (a band of rows of a batch-1 map): for float32 oneDNN adds the convolution into ``out`` in place (its
+    "add" post-op), so the band is never a tensor of its own to copy."""
+    cl = torch.channels_last
+    if (x.dtype == torch.float32 and FUSED_CONVOLUTIONS and _oneDNN_pointwise() and x.is_contiguous(memory_format=cl)
+            and out.is_contiguous(memory_format=cl)):
+        torch.ops.mkldnn._convolution_pointwise_.binary(out, x, weight, None, list(padding), [stride, stride], [1, 1],
+                                                        1, "add", None, None, [], None)
+    else:
+        out.copy_(F.conv2d(x, weight, stride=stride, padding=padding))
+
+
+FUSED_CONVOLUTIONS = True  # conv_relu / conv_into use oneDNN's fused ops where they can
+
+
 def _sample_in_bands(image: torch.Tensor, stem_weights: tuple[torch.Tensor, torch.Tensor], body: nn.Sequential,
                      shortcut_conv: nn.Conv2d, strided: torch.Tensor, shortcut: torch.Tensor, rows: int) -> None:
     """Passes 2 and 3 for one sample (batch 1), writing the stride-2 3x3 conv and the shortcut conv."""
@@ -90,7 +122,7 @@ def _sample_in_bands(image: torch.Tensor, stem_weights: tuple[torch.Tensor, torc
     reduce_conv = body[0]
 
     def stem(start: int, stop: int) -> torch.Tensor:
-        return F.conv2d(image[:, :, start:stop], *stem_weights).relu_()
+        return conv_relu(image[:, :, start:stop], *stem_weights)
 
     # pass 2: the reduce conv's statistics, the shortcut conv
     k = reduce_conv.out_channels
@@ -98,7 +130,7 @@ def _sample_in_bands(image: torch.Tensor, stem_weights: tuple[torch.Tensor, torc
     for start in range(0, height, rows):
         stop = min(height, start + rows)
         stem_band = stem(start, stop)
-        shortcut[:, :, start // 2:(stop + 1) // 2] = F.conv2d(stem_band, shortcut_conv.weight, stride=2)
+        conv_into(shortcut[:, :, start // 2:(stop + 1) // 2], stem_band, shortcut_conv.weight, 2, (0, 0))
         reduced = F.conv2d(stem_band, reduce_conv.weight).permute(0, 2, 3, 1).reshape(1, -1, k)
         band_mean, band_var = channel_moments(reduced)  # float64: the bands combine without losing digits
         sums += band_mean * reduced.shape[1]
@@ -113,8 +145,11 @@ def _sample_in_bands(image: torch.Tensor, stem_weights: tuple[torch.Tensor, torc
     for first in range(0, strided.shape[-2], out_rows):
         last = min(strided.shape[-2], first + out_rows)
         start, stop = max(2 * first - 1, 0), min(2 * last, height)
-        band = F.conv2d(stem(start, stop), *reduce_weights).relu_()
+        band = conv_relu(stem(start, stop), *reduce_weights)
         top, bottom = int(first == 0), 2 * last - stop  # zero padding rows outside the image
+        if top and not bottom:  # the conv's own padding: its extra bottom row is never read (2 last rows in)
+            conv_into(strided[:, :, first:last], band, body[3].weight, 2, (1, 1))
+            continue
         if top or bottom:
             band = F.pad(band, (0, 0, top, bottom))
-        strided[:, :, first:last] = F.conv2d(band, body[3].weight, stride=2, padding=(0, 1))
+        conv_into(strided[:, :, first:last], band, body[3].weight, 2, (0, 1))

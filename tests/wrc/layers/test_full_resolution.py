@@ -54,6 +54,20 @@ def test_banded_stage_float32_at_rounding():
     assert (out.double() - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
+def test_fused_band_convolutions_give_the_same_bits(monkeypatch):
+    """float32: oneDNN's conv + ReLU and its in-place add into the output (conv_relu, conv_into) against
+    F.conv2d, relu_ and a copy: the same arithmetic, so the same bits."""
+    import wrc.layers.full_resolution as stage
+
+    encoder = randomised_encoder(torch.float32)
+    image = torch.rand(1, 3, 50, 36).contiguous(memory_format=CL)
+    with torch.no_grad():
+        fused = full_resolution_stage(encoder.stem, encoder.to_quarter[0], image, band_pixels=12 * 36)
+        monkeypatch.setattr(stage, "FUSED_CONVOLUTIONS", False)
+        plain = full_resolution_stage(encoder.stem, encoder.to_quarter[0], image, band_pixels=12 * 36)
+    assert torch.equal(fused, plain)
+
+
 def test_encoder_uses_bands_for_cpu_inference_only():
     encoder = randomised_encoder(torch.float32)
     image = torch.rand(1, 3, 192, 192).contiguous(memory_format=CL)  # 36,864 pixels: more than one band
