@@ -176,6 +176,13 @@ def _channel_moments_fake(x):
                                                                                    dtype=torch.float64)
 
 
+if hasattr(torch.ops.wrc, "group_norm_scale_shift"):  # absent from a library built before the op existed
+    @torch.library.register_fake("wrc::group_norm_scale_shift")
+    def _group_norm_scale_shift_fake(x, groups, weight, bias, eps):
+        torch._check(x.dim() == 3)
+        return x.new_empty(x.shape[0], x.shape[2]), x.new_empty(x.shape[0], x.shape[2])
+
+
 if hasattr(torch.ops.wrc, "channel_affine_"):  # absent from a library built before the op existed
     @torch.library.register_fake("wrc::channel_affine_")
     def _channel_affine_fake(x, scale, shift, residual, residual_scale, relu):

@@ -33,3 +33,28 @@ def test_refuses_bad_shapes_and_dtypes():
         torch.ops.wrc.channel_moments(torch.zeros(2, 3))
     with pytest.raises(RuntimeError, match="float32 and float64"):
         torch.ops.wrc.channel_moments(torch.zeros(1, 2, 3, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_scale_shift_is_group_norm(dtype, affine):
+    """x * scale + shift equals F.group_norm (the oracle, on the NCHW float64 copy) for every sample and group."""
+    torch.manual_seed(0)
+    n, p, c, groups = 2, 300, 12, 4
+    x = (torch.randn(n, p, c, dtype=torch.float64) * 0.5 + 2.0).to(dtype)
+    weight, bias = (torch.randn(c), torch.randn(c)) if affine else (None, None)
+    scale, shift = torch.ops.wrc.group_norm_scale_shift(x, groups, weight, bias, 1e-5)
+    assert scale.dtype == shift.dtype == dtype and scale.shape == shift.shape == (n, c)
+    out = x.double() * scale.double()[:, None] + shift.double()[:, None]
+    nchw = x.double().transpose(1, 2)[..., None]  # N, C, P, 1
+    expected = torch.nn.functional.group_norm(nchw, groups, None if weight is None else weight.double(),
+                                              None if bias is None else bias.double(), 1e-5)[..., 0].transpose(1, 2)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+
+
+def test_group_norm_scale_shift_refusals():
+    with pytest.raises(RuntimeError, match="groups must divide C = 6"):
+        torch.ops.wrc.group_norm_scale_shift(torch.zeros(1, 4, 6), 4, None, None, 1e-5)
+    with pytest.raises(RuntimeError, match=r"weight and bias must be \(C,\) = \(6,\)"):
+        torch.ops.wrc.group_norm_scale_shift(torch.zeros(1, 4, 6), 3, torch.ones(5), None, 1e-5)

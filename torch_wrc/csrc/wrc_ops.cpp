@@ -45,6 +45,9 @@ TORCH_LIBRARY(wrc, m) {
   // Per-sample, per-channel mean and population variance (float64, (N, C) each) of x (N, P, C): GroupNorm's
   // statistics for channels-last activations in one float64 pass; CPU only, not differentiable.
   m.def("channel_moments(Tensor x) -> (Tensor, Tensor)");
+  // GroupNorm of x (N, P, C) as x * scale + shift, scale and shift (N, C) in x's dtype: channel_moments and the
+  // group statistics in one call; CPU only, not differentiable.
+  m.def("group_norm_scale_shift(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor)");
   // In place on x (N, P, C): x = [relu](x * scale + shift [+ residual [* residual_scale]]), scale, shift and
   // residual_scale (N, C), residual (N, P, C): GroupNorm's apply with its ReLU and a residual sum in one pass;
   // CPU only, not differentiable.

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrc.ops.affine import channel_affine_
-from wrc.ops.moments import channel_moments
+from wrc.ops.moments import group_affine, group_norm_scale_shift
 
 
 def channels_last_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -40,20 +40,14 @@ def channels_last_group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor 
 
 def group_norm_affine(norm: nn.GroupNorm, channel_mean: torch.Tensor, channel_var: torch.Tensor,
                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm as a per-sample, per-channel affine map x * scale + shift, from each channel's mean and
+    """``norm`` as a per-sample, per-channel affine map x * scale + shift, from each channel's mean and
     (population) variance over the pixels (N, C, float64); scale and shift as (N, C) of ``dtype``."""
-    b, k = channel_mean.shape
-    groups = norm.num_groups
-    mean = channel_mean.view(b, groups, -1)
-    group_mean = mean.mean(-1, keepdim=True)
-    group_var = (channel_var.view(b, groups, -1) + (mean - group_mean).square()).mean(-1, keepdim=True)
-    scale = (group_var + norm.eps).rsqrt().expand(b, groups, k // groups).reshape(b, k)
-    shift = -group_mean.expand(b, groups, k // groups).reshape(b, k) * scale
-    if norm.weight is not None:
-        scale, shift = scale * norm.weight.double(), shift * norm.weight.double()
-    if norm.bias is not None:
-        shift = shift + norm.bias.double()
-    return scale.to(dtype), shift.to(dtype)
+    return group_affine(channel_mean, channel_var, norm.num_groups, norm.weight, norm.bias, norm.eps, dtype)
+
+
+def scale_shift(norm: nn.GroupNorm, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm`` of the channels-last ``values`` (N, P, C) as values * scale + shift ((N, C) each)."""
+    return group_norm_scale_shift(values, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
 
 class GroupNorm(nn.GroupNorm):
@@ -70,7 +64,7 @@ class GroupNorm(nn.GroupNorm):
         # inference: the statistics in one pass (wrc.ops.moments), then one affine pass (no centred copy)
         n, c, h, w = x.shape
         values = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
-        scale, shift = group_norm_affine(self, *channel_moments(values), x.dtype)
+        scale, shift = scale_shift(self, values)
         return torch.addcmul(shift[:, None], values, scale[:, None]).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
@@ -109,13 +103,12 @@ def group_norm_(norm: nn.GroupNorm, x: torch.Tensor, relu: bool = False, residua
         return out.relu_() if relu else out
     n, c, h, w = x.shape
     values = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of channels-last memory
-    scale, shift = group_norm_affine(norm, *channel_moments(values), x.dtype)
+    scale, shift = scale_shift(norm, values)
     residual_values = residual_scale = None
     if residual is not None:
         residual_values = residual.permute(0, 2, 3, 1).reshape(n, h * w, c)
         if residual_norm is not None:
-            residual_scale, residual_shift = group_norm_affine(residual_norm, *channel_moments(residual_values),
-                                                               x.dtype)
+            residual_scale, residual_shift = scale_shift(residual_norm, residual_values)
             shift = shift + residual_shift
     channel_affine_(values, scale, shift, residual_values, residual_scale, relu)
     return x

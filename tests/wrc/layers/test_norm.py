@@ -166,3 +166,22 @@ def test_channel_affine_reference_and_kernel_agree_and_refuse_bad_arguments():
             channel_affine_(values.transpose(0, 1), scale, shift)
     with pytest.raises(RuntimeError, match="torch.no_grad"):
         channel_affine_(values, scale.requires_grad_(), shift)
+
+
+def test_scale_shift_kernel_and_reference_agree():
+    """wrc.layers.norm.scale_shift: torch_wrc's one-call kernel and the PyTorch route (channel_moments, then
+    group_affine) give the same map; with gradients on the parameters the PyTorch route keeps them."""
+    from wrc.layers.norm import scale_shift
+    from wrc.ops.extension import reference_only
+
+    norm = randomised_norm(4, 8).double()
+    values = data((2, 8, 5, 6)).double().permute(0, 2, 3, 1).reshape(2, 30, 8)
+    with torch.no_grad():
+        fast = scale_shift(norm, values)
+        with reference_only():
+            reference = scale_shift(norm, values)
+    for a, b in zip(fast, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    scale, shift = scale_shift(norm, values)  # autograd on: differentiable in weight and bias
+    (scale.sum() + shift.sum()).backward()
+    assert norm.weight.grad is not None and norm.bias.grad is not None
