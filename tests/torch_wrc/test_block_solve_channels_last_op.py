@@ -92,6 +92,18 @@ def test_out_of_range_weights_are_refused_in_the_same_pass(which, bad):
         weighted_reverse_conv(y, z, kernel, 2, w_low, w_high)
 
 
+def test_thin_maps_one_token_row_or_column():
+    for size in ((1, 4), (3, 1), (1, 1)):
+        g = torch.Generator().manual_seed(3)
+        y = torch.randn(2, 18, *size, generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+        z = torch.randn(2, 18, 2 * size[0], 2 * size[1], generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+        kernel = torch.rand(18, 2, 2, generator=g, dtype=torch.float64) + 0.1
+        w_low = (torch.rand(2, 18, *size, generator=g, dtype=torch.float64) * 2).contiguous(memory_format=CL)
+        w_high = (torch.rand(2, 1, *z.shape[-2:], generator=g, dtype=torch.float64) + 0.1).contiguous(memory_format=CL)
+        x = torch.ops.wrc.block_solve_channels_last(y, z, kernel, w_low, w_high)
+        torch.testing.assert_close(x, block_oracle(y, z, kernel, w_low, w_high), rtol=1e-12, atol=1e-12)
+
+
 def test_no_backward():
     y, z, kernel, w_low, w_high = problem(2, 4, 1, 4, torch.float64)
     x = torch.ops.wrc.block_solve_channels_last(y.requires_grad_(), z, kernel, w_low, w_high)
@@ -99,15 +111,35 @@ def test_no_backward():
         x.sum().backward()
 
 
-def test_public_solve_routes_inference_here_and_gradients_to_the_differentiable_solve():
+def spy_on_kernel(monkeypatch) -> list[int]:
+    """Counts the calls of torch.ops.wrc.block_solve_channels_last from here on."""
+    calls, op = [], torch.ops.wrc.block_solve_channels_last
+
+    def counted(*args):
+        calls.append(1)
+        return op(*args)
+
+    monkeypatch.setattr(torch.ops.wrc, "block_solve_channels_last", counted)
+    return calls
+
+
+def test_public_solve_routes_inference_here_and_gradients_to_the_differentiable_solve(monkeypatch):
     y, z, kernel, w_low, w_high = problem(2, 6, 1, 6, torch.float64)
     expected = block_oracle(y, z, kernel, w_low, w_high)
+    calls = spy_on_kernel(monkeypatch)
     with torch.no_grad():
         fast = weighted_reverse_conv(y, z, kernel, 2, w_low, w_high)
-    assert fast.is_contiguous(memory_format=CL)  # the kernel's layout
+        assert len(calls) == 1
+        weighted_reverse_conv(y.contiguous(), z.contiguous(), kernel, 2, w_low, w_high)  # NCHW: not the kernel
+        assert len(calls) == 1
+        batch_shared = weighted_reverse_conv(y, z, kernel, 2, w_low[:1], w_high[:1])  # maps broadcast over batch
+        assert len(calls) == 2
+    torch.testing.assert_close(batch_shared, block_oracle(y, z, kernel, w_low[:1], w_high[:1]), rtol=1e-12,
+                               atol=1e-12)
     torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
     y = y.clone().requires_grad_()
     slow = weighted_reverse_conv(y, z, kernel, 2, w_low, w_high)  # autograd: block_solve_conv
+    assert len(calls) == 2
     torch.testing.assert_close(slow, expected, rtol=1e-12, atol=1e-12)
     slow.sum().backward()
     assert y.grad is not None and torch.isfinite(y.grad).all()

@@ -51,7 +51,10 @@ def test_refuses_bad_arguments():
         torch.ops.wrc.channel_affine_(x, s, s, torch.zeros(2, 5, 3), None, False)
     with pytest.raises(RuntimeError, match="residual_scale needs a residual"):
         torch.ops.wrc.channel_affine_(x, s, s, None, s, False)
-    with pytest.raises(RuntimeError, match="must not be x itself"):
+    with pytest.raises(RuntimeError, match="residual must not share memory with x"):
         torch.ops.wrc.channel_affine_(x, s, s, x, None, False)
+    base = torch.zeros(1, 51, 3)  # residual one pixel ahead of x in the same memory: a partial overlap
+    with pytest.raises(RuntimeError, match="residual must not share memory with x"):
+        torch.ops.wrc.channel_affine_(base[:, :50], s[:1], s[:1], base[:, 1:], None, False)
     with pytest.raises(RuntimeError, match="float32 and float64"):
         torch.ops.wrc.channel_affine_(x.half(), s.half(), s.half(), None, None, False)

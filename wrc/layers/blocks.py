@@ -39,10 +39,15 @@ class Bottleneck(nn.Module):
                                           group_norm(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fuses_in_place(x):  # CPU inference: each GroupNorm, its ReLU or the residual sum one pass in place
+        # CPU inference: each GroupNorm with its ReLU (and the residual sum) in one pass in place
+        if fuses_in_place(x) and self.relus_are_plain():
             return self.fused_forward(x)
         out = self.body(x)
         return out.add_(self.shortcut(x)).relu_()  # in place: the body's last GroupNorm does not need its output
+
+    def relus_are_plain(self) -> bool:
+        """Whether the body's activations are plain ReLUs, which ``fused_forward`` applies inside the norms' pass."""
+        return all(type(self.body[i]) is nn.ReLU and not self.body[i]._forward_hooks for i in (2, 5))
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same as ``forward`` (up to rounding) with wrc.layers.norm.group_norm_ after each convolution."""

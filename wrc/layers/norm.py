@@ -78,9 +78,10 @@ def fuses_in_place(x: torch.Tensor) -> bool:
 
 
 def is_plain_group_norm(module: nn.Module) -> bool:
-    """Whether ``module`` computes exactly GroupNorm (nn.GroupNorm or this GroupNorm, forward not overridden):
-    only then may a caller fold it into an affine map or a fused pass instead of calling it."""
-    return isinstance(module, nn.GroupNorm) and type(module).forward in (nn.GroupNorm.forward, GroupNorm.forward)
+    """Whether ``module`` computes exactly GroupNorm (nn.GroupNorm or this GroupNorm, forward not overridden, no
+    hooks): only then may a caller fold it into an affine map or a fused pass instead of calling it."""
+    return (isinstance(module, nn.GroupNorm) and type(module).forward in (nn.GroupNorm.forward, GroupNorm.forward)
+            and not module._forward_hooks and not module._forward_pre_hooks)
 
 
 def group_norm_(norm: nn.GroupNorm, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None,
@@ -94,7 +95,7 @@ def group_norm_(norm: nn.GroupNorm, x: torch.Tensor, relu: bool = False, residua
     rounding.
     """
     fuses = (fuses_in_place(x) and is_plain_group_norm(norm)
-             and (residual is None or fuses_in_place(residual))
+             and (residual is None or (fuses_in_place(residual) and residual.shape == x.shape))
              and (residual_norm is None or is_plain_group_norm(residual_norm)))
     if not fuses:
         out = norm(x)

@@ -256,10 +256,10 @@ def block_solve(y: torch.Tensor, z: torch.Tensor, kernel: torch.Tensor, w_low: t
     ``block_solve_reference`` without the extension. Eager CPU inference on channels-last y and z (the guided
     networks) takes torch_wrc's ``block_solve_channels_last``: one pass, maps shared by all channels read once."""
     if _solves_channels_last(y, z, kernel, w_low, w_high):
-        cl = torch.channels_last
-        return torch.ops.wrc.block_solve_channels_last(y, z, kernel.to(y.dtype),
-                                                       w_low.to(y.dtype).contiguous(memory_format=cl),
-                                                       w_high.to(y.dtype).contiguous(memory_format=cl))
+        cl = torch.channels_last  # the kernel takes (B, 1 | C, ...) maps: broadcast batch and leading axes first
+        return torch.ops.wrc.block_solve_channels_last(
+            y, z, kernel.to(y.dtype), _spatial(w_low, y).to(y.dtype).contiguous(memory_format=cl),
+            _spatial(w_high, z).to(y.dtype).contiguous(memory_format=cl))
     if y.dtype in _EXTENSION_DTYPES and extension_enabled(y.device):
         if y.device.type == "cpu" and not torch.compiler.is_compiling():
             return block_solve_conv(y, z, kernel, w_low, w_high)

@@ -52,3 +52,29 @@ def test_float32_fused_forward_at_rounding_and_training_unchanged():
     trained = block(x.requires_grad_())  # autograd: the modules one by one, gradients reach the input
     trained.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_modules_the_fused_pass_cannot_reproduce_are_called():
+    """A body activation that is not a plain ReLU, or a norm with a forward hook, is run as a module: the fused
+    pass would silently skip it (the oracle: the modules one by one)."""
+    block = randomised_bottleneck(8, 8, 1)
+    block.body[2] = torch.nn.LeakyReLU(0.2)
+    x = (torch.randn(1, 8, 6, 5, dtype=torch.float64) - 0.3).contiguous(memory_format=CL)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), one_by_one(block, x), rtol=1e-12, atol=1e-12)
+    block = randomised_bottleneck(8, 8, 1)
+    seen = []
+    block.body[4].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), one_by_one(block, x), rtol=1e-12, atol=1e-12)
+    assert len(seen) == 2  # the block's call and the oracle's
+
+
+def test_group_norm_refuses_a_residual_of_another_shape():
+    from wrc.layers.norm import group_norm_
+
+    block = randomised_bottleneck(8, 8, 1)
+    x = torch.randn(1, 8, 5, 6, dtype=torch.float64).contiguous(memory_format=CL)
+    residual = torch.randn(1, 8, 6, 5, dtype=torch.float64).contiguous(memory_format=CL)  # same size, transposed
+    with torch.no_grad(), pytest.raises(RuntimeError, match="size of tensor"):
+        group_norm_(block.body[1], x, relu=True, residual=residual)

@@ -107,6 +107,8 @@ at::Tensor block_solve_channels_last_cpu(const at::Tensor& y, const at::Tensor& 
                   kernel_.size(1) >= 1 && kernel_.scalar_type() == y.scalar_type(),
               "wrc::block_solve_channels_last: kernel must be (C, s, s) with C = ", y.size(1), " and y's dtype; got ",
               kernel_.sizes(), " ", kernel_.scalar_type());
+  TORCH_CHECK(kernel_.device() == y.device() && z.device() == y.device(),
+              "wrc::block_solve_channels_last: z and kernel must be on ", y.device());
   const int64_t B = y.size(0), C = y.size(1), h = y.size(2), w = y.size(3), s = kernel_.size(1);
   TORCH_CHECK(z.dim() == 4 && z.size(0) == B && z.size(1) == C && z.size(2) == h * s && z.size(3) == w * s &&
                   z.scalar_type() == y.scalar_type(),

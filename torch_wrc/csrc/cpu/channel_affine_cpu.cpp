@@ -2,6 +2,7 @@
 // sample and channel, on channels-last activations (N, P, C). GroupNorm's apply, its ReLU and a bottleneck's
 // residual sum in one pass over memory that already exists (no output allocation, no second or third pass).
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -41,6 +42,7 @@ void check_affine(const at::Tensor& t, const char* name, const at::Tensor& x) {
               " must be (N, C) = (", x.size(0), ", ", x.size(2), "); got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), "wrc::channel_affine_: ", name, " must have x's dtype ",
               x.scalar_type(), "; got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "wrc::channel_affine_: ", name, " must be on ", x.device());
 }
 
 void channel_affine_cpu(at::Tensor& x, const at::Tensor& scale_, const at::Tensor& shift_,
@@ -59,7 +61,9 @@ void channel_affine_cpu(at::Tensor& x, const at::Tensor& scale_, const at::Tenso
     TORCH_CHECK(residual_->sizes() == x.sizes() && residual_->scalar_type() == x.scalar_type(),
                 "wrc::channel_affine_: residual must match x (", x.sizes(), ", ", x.scalar_type(), "); got ",
                 residual_->sizes(), ", ", residual_->scalar_type());
-    TORCH_CHECK(!residual_->is_same(x), "wrc::channel_affine_: residual must not be x itself");
+    TORCH_CHECK(at::get_overlap_status(x, *residual_) == at::MemOverlapStatus::No,
+                "wrc::channel_affine_: residual must not share memory with x (x is written in place)");
+    TORCH_CHECK(residual_->device() == x.device(), "wrc::channel_affine_: residual must be on ", x.device());
     residual = residual_->contiguous();
     if (residual_scale_.has_value()) {
       check_affine(*residual_scale_, "residual_scale", x);
