@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrc.layers.full_resolution import BAND_PIXELS, full_resolution_stage
-from wrc.layers.norm import GroupNorm, fuses_in_place, group_norm_, is_plain_group_norm
+from wrc.layers.norm import GroupNorm, eager_cpu_inference, fuses_in_place, group_norm_, is_plain_group_norm
 
 
 def group_norm(channels: int, max_groups: int = 16) -> GroupNorm:
@@ -107,9 +107,7 @@ class GuidanceEncoder(nn.Module):
     def runs_in_bands(image: torch.Tensor) -> bool:
         """Eager CPU inference in float32/64 on an image of more than one band: where the bands pay off and the
         in-place band arithmetic is safe (no autograd, no tracing, no autocast)."""
-        return (image.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing() and not torch.is_autocast_enabled("cpu")
-                and image.dtype in (torch.float32, torch.float64) and image.shape[-2] * image.shape[-1] > BAND_PIXELS)
+        return eager_cpu_inference(image) and image.shape[-2] * image.shape[-1] > BAND_PIXELS
 
 
 def folded_stem(stem: nn.Sequential, image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

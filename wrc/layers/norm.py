@@ -68,13 +68,19 @@ class GroupNorm(nn.GroupNorm):
         return torch.addcmul(shift[:, None], values, scale[:, None]).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def eager_cpu_inference(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a float32/64 CPU tensor in eager inference (no autograd, tracing, compiling or autocast):
+    where the in-place and banded CPU paths of the guided networks are safe."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def fuses_in_place(x: torch.Tensor) -> bool:
     """Whether ``group_norm_`` takes its one-pass in-place path for ``x``: eager CPU inference on a channels-last
-    float32/64 map (no autograd, no tracing or compiling, no autocast)."""
-    return (x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last) and x.dtype in (torch.float32, torch.float64)
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch.is_autocast_enabled("cpu"))
+    map (``eager_cpu_inference``)."""
+    return (x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            and eager_cpu_inference(x))
 
 
 def is_plain_group_norm(module: nn.Module) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers.group_norm import randomise_group_norms
 from wrc.layers.blocks import Bottleneck
 
 CL = torch.channels_last
@@ -13,13 +14,7 @@ CL = torch.channels_last
 
 def randomised_bottleneck(in_channels: int, out_channels: int, stride: int, dtype=torch.float64) -> Bottleneck:
     torch.manual_seed(0)
-    block = Bottleneck(in_channels, out_channels, stride).to(dtype)
-    with torch.no_grad():
-        for module in block.modules():
-            if isinstance(module, torch.nn.GroupNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.5)
-    return block.eval().to(memory_format=CL)
+    return randomise_group_norms(Bottleneck(in_channels, out_channels, stride), dtype)
 
 
 def one_by_one(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from tests.helpers.group_norm import randomise_group_norms
 from wrc.layers.blocks import GuidanceEncoder
 from wrc.layers.full_resolution import band_rows, full_resolution_stage, image_moments
 from wrc.layers.norm import group_norm_affine
@@ -17,13 +18,7 @@ CL = torch.channels_last
 
 def randomised_encoder(dtype: torch.dtype, channels: int = 8) -> GuidanceEncoder:
     torch.manual_seed(0)
-    encoder = GuidanceEncoder(channels).to(dtype)
-    with torch.no_grad():
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.GroupNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.5)
-    return encoder.eval().to(memory_format=CL)
+    return randomise_group_norms(GuidanceEncoder(channels), dtype)
 
 
 def layer_by_layer(encoder: GuidanceEncoder, image: torch.Tensor) -> torch.Tensor:

@@ -21,11 +21,12 @@ constexpr int64_t kBlockValues = 32768;
 // With d = x[p, c] - shift[c]: sums[c] += d, squares[c] += d^2 over ``pixels`` rows of C values (vectorised along
 // the channels). The shift is one pixel of the sample, so that E[d^2] - E[d]^2 cancels no leading digits where the
 // mean is far from zero (the shifted-data variance algorithm).
+// Channels first_channel .. C - 1 only (the AVX2 build's remainder); all of them by default.
 template <typename scalar_t>
 void accumulate_moments(const scalar_t* __restrict x, int64_t pixels, int64_t C, const double* __restrict shift,
-                        double* __restrict sums, double* __restrict squares) {
+                        double* __restrict sums, double* __restrict squares, int64_t first_channel = 0) {
   for (int64_t p = 0; p < pixels; ++p, x += C) {
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = first_channel; c < C; ++c) {
       const double v = static_cast<double>(x[c]) - shift[c];
       sums[c] += v;
       squares[c] += v * v;
@@ -62,16 +63,7 @@ __attribute__((target("avx2"))) void accumulate_moments_avx2(const float* __rest
       _mm256_storeu_pd(squares + c0 + 4 * l, _mm256_add_pd(_mm256_loadu_pd(squares + c0 + 4 * l), q[l]));
     }
   }
-  if (c0 < C) {  // the last C % 16 channels
-    for (int64_t p = 0; p < pixels; ++p) {
-      const float* row = x + p * C;
-      for (int64_t c = c0; c < C; ++c) {
-        const double v = static_cast<double>(row[c]) - shift[c];
-        sums[c] += v;
-        squares[c] += v * v;
-      }
-    }
-  }
+  if (c0 < C) accumulate_moments(x, pixels, C, shift, sums, squares, c0);  // the last C % 16 channels
 }
 #endif
 
