@@ -30,10 +30,10 @@ def _block_solve_backward(ctx, grad):
 torch.library.register_autograd("wrc::block_solve", _block_solve_backward, setup_context=_setup_context)
 
 
-def _inference_only(name: str):
+def _inference_only(name: str, differentiable: str):
     def backward(ctx, *grads):
         raise RuntimeError(f"wrc::{name} is an inference kernel without a backward; for gradients call "
-                           "wrc.ops.reverse_conv.block_solve, which routes to a differentiable solve")
+                           f"{differentiable}")
     return backward
 
 
@@ -44,7 +44,8 @@ if hasattr(torch.ops.wrc, "block_solve_channels_last"):  # absent from a library
         torch._check(z.shape == (y.shape[0], y.shape[1], y.shape[2] * s, y.shape[3] * s))
         return torch.empty_like(z, memory_format=torch.channels_last)
 
-    torch.library.register_autograd("wrc::block_solve_channels_last", _inference_only("block_solve_channels_last"),
+    torch.library.register_autograd("wrc::block_solve_channels_last", _inference_only(
+        "block_solve_channels_last", "wrc.ops.reverse_conv.block_solve, which routes to a differentiable solve"),
                                     setup_context=lambda ctx, inputs, output: None)
 
 
@@ -187,3 +188,42 @@ if hasattr(torch.ops.wrc, "channel_affine_"):  # absent from a library built bef
     @torch.library.register_fake("wrc::channel_affine_")
     def _channel_affine_fake(x, scale, shift, residual, residual_scale, relu):
         torch._check(x.dim() == 3)
+
+
+if hasattr(torch.ops.wrc, "winograd_conv3x3"):  # absent from a library built before the op existed
+    @torch.library.register_fake("wrc::winograd_weights")
+    def _winograd_weights_fake(weight):
+        torch._check(weight.dim() == 4)
+        return weight.new_empty(16, weight.shape[0], weight.shape[1])
+
+    @torch.library.register_fake("wrc::winograd_conv3x3")
+    def _winograd_conv3x3_fake(x, weight, bias=None, transformed_weight=None):
+        torch._check(x.dim() == 4 and weight.dim() == 4 and weight.shape[1] == x.shape[1])
+        return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last)
+
+    torch.library.register_autograd("wrc::winograd_conv3x3", _inference_only(
+        "winograd_conv3x3", "torch.nn.functional.conv2d (wrc.ops.winograd.conv3x3 routes to it)"),
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+if hasattr(torch.ops.wrc, "pixel_mlp"):  # absent from a library built before the op existed
+    @torch.library.register_fake("wrc::pixel_mlp")
+    def _pixel_mlp_fake(x, w1, b1, w2, b2, relu):
+        torch._check(x.dim() == 3 and w2.dim() == 2)
+        return x.new_empty(x.shape[0], x.shape[1], w2.shape[0])
+
+    @torch.library.register_fake("wrc::pixel_mlp_into")
+    def _pixel_mlp_into_fake(out, x, w1, b1, w2, b2, relu):
+        return None
+
+    @torch.library.register_fake("wrc::pixel_mlp_moments")
+    def _pixel_mlp_moments_fake(x, w1, b1, w2, b2):
+        torch._check(x.dim() == 3 and w2.dim() == 2)
+        return (x.new_empty(x.shape[0], w2.shape[0], dtype=torch.float64),
+                x.new_empty(x.shape[0], w2.shape[0], dtype=torch.float64))
+
+    for _name in ("pixel_mlp", "pixel_mlp_moments"):
+        torch.library.register_autograd(f"wrc::{_name}", _inference_only(_name, f"wrc.ops.pixel_mlp.{_name}, whose "
+                                                                                "PyTorch reference is differentiable"),
+                                        setup_context=lambda ctx, inputs, output: None)

@@ -3,8 +3,11 @@
 // -march flags so that one wheel runs everywhere; the GroupNorm kernels' loops (float32 -> float64 moments, the
 // fused apply) get most of their speed from the wider vectors.
 //
-// Only "avx2" is enabled, not FMA: a * b + c stays two rounded operations, so both builds give the same bits
-// (tested: WRC_BASELINE_ISA=1 in the environment makes every call take the baseline build).
+// WRC_ISA_CLONES enables "avx2" only, not FMA: a * b + c stays two rounded operations, so both builds give the same
+// bits (tested: WRC_BASELINE_ISA=1 in the environment makes every call take the baseline build). The exception are
+// arithmetic-bound kernels (pixel_mlp's matrix products), which add their own AVX2 + FMA and AVX-512 builds
+// (cpu_has_avx2_fma, cpu_has_avx512): there a * b + c is one instruction rounded once, so those builds differ from
+// the baseline in the last bits, and their tests hold every build to a float64 oracle.
 //
 //   template <typename T, bool... Flags> WRC_ISA_INLINE void body(...) { ... }  // the loops, written once
 //   WRC_ISA_CLONES(run_body, body)                        // run_body<T, Flags...>(...) runs the CPU's build
@@ -44,6 +47,18 @@ inline bool baseline_isa_requested() {
 }
 inline bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && !baseline_isa_requested();
+  return has;
+}
+inline bool cpu_has_avx2_fma() {
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("fma");
+  return has;
+}
+// AVX-512 (F, DQ, VL) with FMA, for the kernels that have such a build; WRC_NO_AVX512=1 takes them down to AVX2
+inline bool cpu_has_avx512() {
+  static const bool has = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                          !(std::getenv("WRC_NO_AVX512") != nullptr && std::strcmp(std::getenv("WRC_NO_AVX512"), "") != 0 &&
+                            std::strcmp(std::getenv("WRC_NO_AVX512"), "0") != 0);
   return has;
 }
 }  // namespace wrc
