@@ -34,11 +34,16 @@ def encoder(enc: torch.nn.Module, image: torch.Tensor, grid: tuple[int, int]) ->
     return guide_2x, guide_1x
 
 
+def bounded_map(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The old ``BoundedMap.forward``: low + (high - low) * sigmoid(conv(x)), with the module's own convolution."""
+    return head.low + (head.high - head.low) * torch.sigmoid(full_precision(head.conv(x)))
+
+
 def weighted_layer(layer: WeightedReverseConv2d, y: torch.Tensor, z: torch.Tensor, guide: torch.Tensor,
                    low_guide: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
     """The old ``WeightedReverseConv2d.forward`` (fused=False: the pure-PyTorch block solve for k = s)."""
     low_input = y if low_guide is None else torch.cat([y, low_guide], dim=1)
-    w_low, w_high = layer.w_low(low_input), layer.w_high(torch.cat([z, guide], dim=1))
+    w_low, w_high = bounded_map(layer.w_low, low_input), bounded_map(layer.w_high, torch.cat([z, guide], dim=1))
     kernel, y, z = layer.kernel(), full_precision(y), full_precision(z)
     if not fused and kernel.shape[-1] == layer.scale:
         return block_solve_reference(y, z, kernel, w_low.expand_as(y), w_high.expand_as(z))

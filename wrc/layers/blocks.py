@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.conv import conv3x3
 from wrc.layers.full_resolution import BAND_PIXELS, full_resolution_stage
 from wrc.layers.norm import GroupNorm, eager_cpu_inference, fuses_in_place, group_norm_, is_plain_group_norm
 
@@ -50,10 +51,11 @@ class Bottleneck(nn.Module):
         return all(type(self.body[i]) is nn.ReLU and not self.body[i]._forward_hooks for i in (2, 5))
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The same as ``forward`` (up to rounding) with wrc.layers.norm.group_norm_ after each convolution."""
+        """The same as ``forward`` (up to rounding) with wrc.layers.norm.group_norm_ after each convolution and the 3x3
+        convolution by Winograd's algorithm where it pays (wrc.layers.conv)."""
         body = self.body
         y = group_norm_(body[1], body[0](x), relu=True)
-        y = group_norm_(body[4], body[3](y), relu=True)
+        y = group_norm_(body[4], conv3x3(body[3], y), relu=True)
         if isinstance(self.shortcut, nn.Identity):
             return group_norm_(body[7], body[6](y), relu=True, residual=x)
         return group_norm_(body[7], body[6](y), relu=True, residual=self.shortcut[0](x),
@@ -78,15 +80,17 @@ class GuidanceEncoder(nn.Module):
     def forward(self, image: torch.Tensor, grid: tuple[int, int], mean: torch.Tensor | None = None,
                 std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``image`` normalised, or raw with the (1, 3, 1, 1) ``mean`` and ``std`` of its normalisation, which
-        are then folded into the stem (``folded_stem``: the same result without the full-size passes).
+        are then folded into the stem (``folded_stem``, or the banded stage's: the same result without the
+        full-size passes).
 
         Inference on the CPU computes the full-resolution layers in row bands (``full_resolution_stage``: the
         same result without a full-resolution map)."""
         folds = self.folds_stem_norms()
         if mean is not None and std is not None and not folds:
             image, mean, std = (image - mean) / std, None, None
-        if mean is None and std is None and folds and self.runs_in_bands(image):
-            quarter = self.to_quarter[1:](full_resolution_stage(self.stem, self.to_quarter[0], image))
+        if folds and self.runs_in_bands(image):
+            quarter = self.to_quarter[1:](full_resolution_stage(self.stem, self.to_quarter[0], image, mean=mean,
+                                                                std=std))
         else:
             stem = self.stem(image) if mean is None or std is None else folded_stem(self.stem, image, mean, std)
             quarter = self.to_quarter(stem)  # B, k, H/4, W/4

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrc.layers.conv import conv3x3
 from wrc.ops.reverse_conv import reverse_conv, weighted_reverse_conv
 
 
@@ -77,7 +78,12 @@ class BoundedMap(nn.Module):
         nn.init.constant_(self.conv.bias, float(torch.logit(torch.tensor((init - low) / (high - low)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.low + (self.high - self.low) * torch.sigmoid(full_precision(self.conv(x)))
+        # in place on the fresh conv output (the same ops, so the same bits); the scaling too where no gradient needs
+        # the sigmoid's output: map-sized allocations fewer
+        unit = torch.sigmoid_(full_precision(conv3x3(self.conv, x)))
+        if torch.is_grad_enabled():
+            return self.low + (self.high - self.low) * unit
+        return unit.mul_(self.high - self.low).add_(self.low)
 
 
 class WeightedReverseConv2d(nn.Module):

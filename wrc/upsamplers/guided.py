@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrc.layers.blocks import Bottleneck, GuidanceEncoder, fused_width, half_pixel_upsample
+from wrc.layers.conv import conv_add_
 from wrc.layers.guidance import GuidanceNormalize
 from wrc.layers.layout import contiguous_nchw
+from wrc.layers.norm import eager_cpu_inference
 from wrc.upsamplers.base import Upsampler
 
 CL = torch.channels_last
@@ -91,6 +93,15 @@ class GuidedReverseNet(Upsampler):
         """The output step: ``prediction`` (B, C, 2h, 2w) made consistent with ``features`` (B, C, h, w)."""
         return self.output_solver(features, prediction, guide_2x, guide_1x)
 
+    def head_plus(self, hidden: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``self.head(hidden) + skip``; in CPU inference the head's 1x1 convolution is added into ``skip`` as it is
+        computed (wrc.layers.conv.conv_add_: no output tensor of its own, one pass over the output less)."""
+        head = self.head
+        if (type(head) is nn.Conv2d and not head._forward_hooks and not head._forward_pre_hooks
+                and eager_cpu_inference(hidden) and skip.is_contiguous(memory_format=CL)):
+            return conv_add_(skip, hidden, head.weight, head.bias)
+        return head(hidden) + skip
+
     def upsample_step(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         h, w = features.shape[-2:]
         guide_size = (h * self.patch_size, w * self.patch_size)
@@ -99,9 +110,14 @@ class GuidedReverseNet(Upsampler):
         # channels-last throughout: oneDNN's convolutions then skip a layout reorder of every input/output (a 1x1
         # conv at 448 x 448 x 32 is 25x faster channels-last on a 2-core AMD CPU)
         features, image = features.contiguous(memory_format=CL), image.contiguous(memory_format=CL)
-        # (the encoder can fold the normalisation into its stem, GuidanceEncoder(image, grid, mean, std): as exact,
-        # but its different rounding moves outputs of randomised networks by ~1e-5, so it is not the default)
-        guide_2x, guide_1x = self.encoder(self.normalize(image), (h, w))
+        # the encoder can fold the normalisation into its stem, GuidanceEncoder(image, grid, mean, std): as exact, and
+        # in its banded CPU inference stage one pass over the image fewer; elsewhere (folded_stem) its different
+        # rounding moves outputs of randomised networks by ~1e-5, so there the image is normalised first
+        if (type(self.normalize) is GuidanceNormalize and isinstance(self.encoder, GuidanceEncoder)
+                and self.encoder.folds_stem_norms() and self.encoder.runs_in_bands(image)):
+            guide_2x, guide_1x = self.encoder(image, (h, w), self.normalize.mean, self.normalize.std)
+        else:
+            guide_2x, guide_1x = self.encoder(self.normalize(image), (h, w))
         # every concatenation below then has channels-last inputs only, so it is channels-last itself: a mixed one
         # comes out NCHW and each convolution reading it reorders it again (two or three per concatenation)
         guide_2x, guide_1x = guide_2x.contiguous(memory_format=CL), guide_1x.contiguous(memory_format=CL)
@@ -110,9 +126,11 @@ class GuidedReverseNet(Upsampler):
         if self.prior_refine is not None:
             z = z + self.prior_refine(torch.cat([z, guide_2x], dim=1))
         x = self.lift(y, z, guide_2x).to(y.dtype).contiguous(memory_format=CL)  # B, C', 2h, 2w
-        out = self.head(self.out(torch.cat([x, guide_2x], dim=1)))  # B, C, 2h, 2w
+        hidden = self.out(torch.cat([x, guide_2x], dim=1))
         if self.feature_skip:
-            out = out + half_pixel_upsample(features, 2)
+            out = self.head_plus(hidden, half_pixel_upsample(features, 2))  # B, C, 2h, 2w
+        else:
+            out = self.head(hidden)
         if self.output_solver is None:
             return contiguous_nchw(out)
         return contiguous_nchw(self.solve_output(features, out, guide_1x, guide_2x).to(out.dtype))

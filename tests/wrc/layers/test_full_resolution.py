@@ -49,12 +49,27 @@ def test_banded_stage_float32_at_rounding():
     assert (out.double() - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
-def test_fused_band_convolutions_give_the_same_bits(monkeypatch):
-    """float32: oneDNN's conv + ReLU and its in-place add into the output (conv_relu, conv_into) against
-    F.conv2d, relu_ and a copy: the same arithmetic, so the same bits."""
-    import wrc.layers.full_resolution as stage
+def test_banded_stage_folds_the_normalisation_at_rounding():
+    """A raw image with its normalisation's mean and std: the same as the normalised image through the layers."""
+    from wrc.layers.guidance import IMAGENET_MEAN, IMAGENET_STD
 
-    if not stage._oneDNN_pointwise():
+    encoder = randomised_encoder(torch.float32)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.manual_seed(3)
+    image = torch.rand(2, 3, 64, 48).contiguous(memory_format=CL)
+    with torch.no_grad():
+        out = full_resolution_stage(encoder.stem, encoder.to_quarter[0], image, band_pixels=8 * 48, mean=mean,
+                                    std=std)
+        expected = layer_by_layer(encoder.double(), ((image.double() - mean.double()) / std.double()))
+    assert (out.double() - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_fused_band_convolutions_give_the_same_bits(monkeypatch):
+    """float32: oneDNN's in-place add of the strided conv into the output (conv_add_) against F.conv2d and add_
+    into zeros: the same arithmetic, so the same bits."""
+    import wrc.layers.conv as fused_convolutions
+
+    if not fused_convolutions.oneDNN_pointwise():
         pytest.skip("this PyTorch has no oneDNN pointwise convolutions: the stage uses F.conv2d only")
     encoder = randomised_encoder(torch.float32)
     image = torch.rand(2, 3, 50, 36).contiguous(memory_format=CL)  # batch 2: each sample's bands in place
@@ -67,10 +82,10 @@ def test_fused_band_convolutions_give_the_same_bits(monkeypatch):
     with torch.no_grad():
         monkeypatch.setattr(torch.ops.mkldnn._convolution_pointwise_, "binary", counted)
         fused = full_resolution_stage(encoder.stem, encoder.to_quarter[0], image, band_pixels=12 * 36)
-        assert len(in_place) == 2 * (5 + 5)  # per sample: 5 bands of 12 rows (shortcut), 5 of 6 output rows
-        monkeypatch.setattr(stage, "FUSED_CONVOLUTIONS", False)
+        assert len(in_place) == 2 * 5  # per sample: 5 bands of 6 output rows (the shortcut is pixel_mlp's)
+        monkeypatch.setattr(fused_convolutions, "FUSED_CONVOLUTIONS", False)
         plain = full_resolution_stage(encoder.stem, encoder.to_quarter[0], image, band_pixels=12 * 36)
-    assert len(in_place) == 20 and torch.equal(fused, plain)
+    assert len(in_place) == 10 and torch.equal(fused, plain)
 
 
 def test_encoder_uses_bands_for_cpu_inference_only():

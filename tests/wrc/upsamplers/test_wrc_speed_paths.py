@@ -19,9 +19,9 @@ from wrc.upsamplers.base import create_upsampler
 METHODS = ("wrc", "converse2d", "wrc_tconv")
 
 
-def randomised(name: str, patch: int, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+def randomised(name: str, patch: int, dtype: torch.dtype, seed: int = 0, channels: int = 16) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = create_upsampler(name, 16, patch).to(dtype)
+    model = create_upsampler(name, channels, patch).to(dtype)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.GroupNorm):
@@ -55,6 +55,38 @@ def test_forward_equals_the_old_formulation(name, patch, dtype, tol):
     # tol relative to the output's scale: float32 rounding through the randomised network amplifies differences
     # in rounding (channels-last convolutions after the encoder) to ~1e-6 of the scale
     torch.testing.assert_close(new, old, rtol=tol, atol=tol * scale)
+
+
+def test_cpu_inference_kernels_equal_the_old_formulation(monkeypatch):
+    """Where the CPU inference kernels run: 96 channels (the fused width 64, so every 3x3 convolution of 64 or more
+    channels is Winograd's, wrc.layers.conv) and a 196 x 196 image (more than one band: the full-resolution stage
+    with wrc.ops.pixel_mlp). Both spied; the frozen old forward is the oracle, as above."""
+    pytest.importorskip("torch_wrc")
+    import wrc.layers.conv as conv_module
+    import wrc.layers.full_resolution as stage
+
+    calls = {"winograd": 0, "pixel_mlp": 0}
+
+    def spy(name, function):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(conv_module, "winograd_conv3x3", spy("winograd", conv_module.winograd_conv3x3))
+    monkeypatch.setattr(stage, "pixel_mlp_moments", spy("pixel_mlp", stage.pixel_mlp_moments))
+    model = randomised("wrc", 14, torch.float32, channels=96)
+    torch.manual_seed(1)
+    features, image = torch.randn(1, 96, 14, 14), torch.rand(1, 3, 196, 196)
+    with torch.no_grad():
+        new, old = model(features, image), reference_step(model, features, image)
+    import torch_wrc
+
+    if torch_wrc.is_available():
+        assert calls == {"winograd": 5, "pixel_mlp": 1}  # fuse x 2, the layer's two maps, out; one sample
+    scale = old.abs().max().item()
+    assert scale > 1.0
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("patch", [14, 16])
