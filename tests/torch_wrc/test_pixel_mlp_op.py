@@ -71,6 +71,18 @@ def test_moments_keep_their_digits_far_from_zero():
     torch.testing.assert_close(var, y.var(1, unbiased=False), rtol=1e-9, atol=0)
 
 
+def test_relu_keeps_nan_and_infinities_as_pytorch_does():
+    x = torch.tensor([[[1.0], [float("inf")], [float("-inf")], [float("nan")]]])
+    one = torch.ones(1, 1)
+    for relu in (False, True):
+        out = torch.ops.wrc.pixel_mlp(x, one, torch.zeros(1), one, None, relu)
+        expected = F.linear(F.linear(x, one).relu(), one)
+        expected = expected.relu() if relu else expected
+        torch.testing.assert_close(out, expected, equal_nan=True)
+    mean, _ = torch.ops.wrc.pixel_mlp_moments(x, one, torch.zeros(1), one, None)
+    assert mean.isnan().all()  # a NaN pixel is not hidden in the statistics
+
+
 def test_same_bits_for_any_thread_count():
     x, w1, b1, w2, b2 = problem(2, 3001, 3, 32, 32, torch.float32)
     threads = torch.get_num_threads()

@@ -86,6 +86,16 @@ def test_refuses_bad_arguments():
         op(x.half(), weight.half(), None)
 
 
+def test_inference_mode_then_no_grad():
+    """The thread's buffers, first made under inference mode, are written again outside it (512 channels in
+    float64: larger than any earlier call here, so the buffers are made anew inside inference mode)."""
+    x, weight, b = problem(1, 512, 512, 32, 32, torch.float64)
+    with torch.inference_mode():
+        inside = torch.ops.wrc.winograd_conv3x3(x, weight, b)
+    with torch.no_grad():
+        assert torch.equal(torch.ops.wrc.winograd_conv3x3(x, weight, b), inside)
+
+
 def test_has_no_backward():
     x, weight, b = problem(1, 4, 6, 5, 5, torch.float32)
     out = torch.ops.wrc.winograd_conv3x3(x.requires_grad_(), weight, b)

@@ -11,6 +11,7 @@ from torch import nn
 from wrc.layers.conv import conv3x3
 from wrc.layers.full_resolution import BAND_PIXELS, full_resolution_stage
 from wrc.layers.norm import GroupNorm, eager_cpu_inference, fuses_in_place, group_norm_, is_plain_group_norm
+from wrc.ops.pixel_mlp import pixel_mlp_serves
 
 
 def group_norm(channels: int, max_groups: int = 16) -> GroupNorm:
@@ -109,9 +110,11 @@ class GuidanceEncoder(nn.Module):
 
     @staticmethod
     def runs_in_bands(image: torch.Tensor) -> bool:
-        """Eager CPU inference in float32/64 on an image of more than one band: where the bands pay off and the
-        in-place band arithmetic is safe (no autograd, no tracing, no autocast)."""
-        return eager_cpu_inference(image) and image.shape[-2] * image.shape[-1] > BAND_PIXELS
+        """Eager CPU inference in float32/64 on an image of more than one band, with torch_wrc's per-pixel kernel:
+        where the bands pay off (without the kernel its reference would make whole maps) and the in-place band
+        arithmetic is safe (no autograd, no tracing, no autocast)."""
+        return (eager_cpu_inference(image) and image.shape[-2] * image.shape[-1] > BAND_PIXELS
+                and pixel_mlp_serves(image))
 
 
 def folded_stem(stem: nn.Sequential, image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from wrc.layers.norm import eager_cpu_inference
-from wrc.ops.winograd import winograd_conv3x3, winograd_serves, winograd_weights
+from wrc.ops.winograd import winograd_conv3x3, winograd_serves
 
 # Narrower layers stay with oneDNN: below this width the 16 products per tile are too small for the BLAS to beat
 # direct convolution (measured on a 2-core Intel Xeon with AVX-512: 32 channels 1.1-1.4x slower, 208 channels 1.7x
@@ -31,28 +30,11 @@ def takes_winograd(conv: nn.Module, x: torch.Tensor) -> bool:
             and eager_cpu_inference(x) and winograd_serves(x))
 
 
-# per weight tensor: (its storage, layout and version when transformed, the transformed weights); an entry goes
-# with its weight, and any change to the weight (an optimiser step, load_state_dict, .data = ...) makes it stale
-_transformed = WeakTensorKeyDictionary()
-
-
-def transformed_weights(weight: torch.Tensor) -> torch.Tensor:
-    """``winograd_weights(weight)``, kept for the next call while ``weight`` is unchanged (16/9 of its memory):
-    transforming the 416-channel kernels writes 11 MB, a tenth of the convolution's time."""
-    if weight.is_inference():  # made under torch.inference_mode: no version counter to tell a change
-        return winograd_weights(weight)
-    key = (weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, weight._version)
-    entry = _transformed.get(weight)
-    if entry is None or entry[0] != key:
-        entry = (key, winograd_weights(weight))
-        _transformed[weight] = entry
-    return entry[1]
-
-
 def conv3x3(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``, by Winograd's F(2x2, 3x3) where ``takes_winograd``: the same up to rounding."""
     if takes_winograd(conv, x):
-        return winograd_conv3x3(x, conv.weight, conv.bias, transformed_weights(conv.weight))
+        # the kernels transformed on every call (a kept copy could not see in-place changes through .data)
+        return winograd_conv3x3(x, conv.weight, conv.bias)
     return conv(x)
 
 

@@ -80,7 +80,10 @@ class BoundedMap(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in place on the fresh conv output (the same ops, so the same bits); the scaling too where no gradient needs
         # the sigmoid's output: map-sized allocations fewer
-        unit = torch.sigmoid_(full_precision(conv3x3(self.conv, x)))
+        logits = full_precision(conv3x3(self.conv, x))
+        if self.conv._forward_hooks:  # a hook may keep the conv's output: leave it as it is
+            return self.low + (self.high - self.low) * torch.sigmoid(logits)
+        unit = torch.sigmoid_(logits)
         if torch.is_grad_enabled():
             return self.low + (self.high - self.low) * unit
         return unit.mul_(self.high - self.low).add_(self.low)

@@ -24,12 +24,17 @@ def _check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor
                          f"{None if b2 is None else tuple(b2.shape)}")
 
 
+def pixel_mlp_serves(x: torch.Tensor) -> bool:
+    """Whether torch_wrc's kernels can take ``x`` (float32/64 on the CPU, the extension built): where they do not,
+    the references compute whole maps."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and extension_enabled(x.device)
+            and hasattr(torch.ops.wrc, "pixel_mlp"))
+
+
 def _kernel_serves(*tensors: torch.Tensor | None) -> bool:
     """torch_wrc's kernels: float32/64 on the CPU, no gradient wanted (they have no backward; the reference has)."""
-    x = tensors[0]
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and extension_enabled(x.device)
-            and hasattr(torch.ops.wrc, "pixel_mlp")
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)))
+    return pixel_mlp_serves(tensors[0]) and not (torch.is_grad_enabled()
+                                                 and any(t is not None and t.requires_grad for t in tensors))
 
 
 def _reference(x, w1, b1, w2, b2):

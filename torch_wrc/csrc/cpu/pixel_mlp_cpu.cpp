@@ -38,11 +38,13 @@ struct Layers {
   const T* w2t;
   const T* b2;
   int64_t cin, hidden, out;  // C_in, K', M'
+  int64_t hidden_used;       // K: the products read only these (a padded lane is x * 0, NaN for an infinite x)
 };
 
+// max(v, 0) as PyTorch's ReLU: NaN stays NaN (v < 0 is false for it), -inf becomes 0, +inf stays
 template <typename T>
 WRC_ISA_INLINE T relu(T v) {
-  return v > T(0) ? v : T(0);  // as wrc::channel_affine_
+  return v < T(0) ? T(0) : v;
 }
 
 template <typename V>
@@ -50,8 +52,8 @@ WRC_ISA_INLINE V relu_wide(V v) {
   if constexpr (std::is_arithmetic_v<V>) {
     return relu(v);
   } else {
-    const V zero = v - v;  // NaN - NaN is NaN, whose comparison is false: NaN -> 0, as relu()
-    return v > zero ? v : zero;
+    const V zero = {};
+    return v < zero ? zero : v;
   }
 }
 
@@ -71,7 +73,7 @@ WRC_ISA_INLINE void output_vectors(const Layers<T>& f, const T* h, T* y, int64_t
     const W bias = load<W>(f.b2 + first + q * L);
     for (int p = 0; p < kPixels; ++p) acc[p][q] = bias;
   }
-  for (int64_t j = 0; j < f.hidden; ++j) {
+  for (int64_t j = 0; j < f.hidden_used; ++j) {
     W w[NV];
     for (int q = 0; q < NV; ++q) w[q] = load<W>(f.w2t + j * f.out + first + q * L);
     for (int p = 0; p < kPixels; ++p) {
@@ -241,7 +243,7 @@ Problem prepare(const char* op, const at::Tensor& x, const at::Tensor& w1, const
 template <typename T>
 Layers<T> layers(const Problem& p) {
   return {p.w1t.const_data_ptr<T>(), p.b1.const_data_ptr<T>(), p.w2t.const_data_ptr<T>(), p.b2.const_data_ptr<T>(),
-          p.cin, p.w1t.size(1), p.w2t.size(1)};
+          p.cin, p.w1t.size(1), p.w2t.size(1), p.hidden};
 }
 
 void write_pixels(const Problem& problem, at::Tensor& out, bool relu_out) {

@@ -55,6 +55,7 @@ WRC_ISA_INLINE V splat(T value) {
   } else {
     // a shuffle of lane 0, one broadcast instruction once inlined into an AVX2 build (a vector built lane by lane,
     // or value - V{}, is folded before that and becomes eight inserts)
+#if defined(__clang__) || __GNUC__ >= 12
     const V v = {value};
     constexpr size_t n = sizeof(V) / sizeof(T);
     if constexpr (n == 16) {
@@ -65,6 +66,11 @@ WRC_ISA_INLINE V splat(T value) {
       static_assert(n == 4, "splat: 4, 8 or 16 lanes");
       return __builtin_shufflevector(v, v, 0, 0, 0, 0);
     }
+#else  // older GCC (no __builtin_shufflevector): lane by lane, correct but slower
+    V v;
+    for (size_t i = 0; i < sizeof(V) / sizeof(T); ++i) v[i] = value;
+    return v;
+#endif
   }
 }
 

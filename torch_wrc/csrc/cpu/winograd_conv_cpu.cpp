@@ -12,6 +12,7 @@
 // transformed tiles stay in cache and no (16, tiles, C) buffer of the whole map exists.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -135,13 +136,16 @@ WRC_ISA_CLONES(run_transform_outputs, transform_outputs)
 // 4-16 MB within 10 % of each other, 8 the best; 1 MB 25 % slower; a whole 64 x 64 x 240 map at once 80 % slower)
 constexpr int64_t kBlockValues = int64_t(1) << 21;
 
-// The calling thread's transformed-tile buffers (slot 0: inputs, 1: products), kept between calls and grown when a
+// The calling thread's buffers (slot 0: transformed inputs, 1: products, 2: transformed kernels), kept between calls and grown when a
 // call needs more: a fresh allocation of this size comes from the OS each time (mmap), and faulting its pages in
 // cost as much as the transforms (8 MB per buffer at most: kBlockValues).
 at::Tensor& workspace(int slot, int64_t values, const at::TensorOptions& options) {
-  thread_local at::Tensor buffers[2][2];  // [slot][float32, float64]
+  thread_local at::Tensor buffers[3][2];  // [slot][float32, float64]
   at::Tensor& buffer = buffers[slot][options.dtype() == at::kDouble ? 1 : 0];
-  if (!buffer.defined() || buffer.numel() < values) buffer = at::empty({values}, options);
+  if (!buffer.defined() || buffer.numel() < values) {
+    c10::InferenceMode normal_tensor(false);  // made under inference mode it could not be written outside it
+    buffer = at::empty({values}, options);
+  }
   return buffer;
 }
 
@@ -153,12 +157,10 @@ void check_weight(const at::Tensor& weight) {
   TORCH_CHECK(weight.device().is_cpu(), "wrc::winograd_conv3x3: weight must be on the CPU");
 }
 
-// (16, C_out, C_in): G g G^T of every kernel, the matrices the 16 products take
-at::Tensor winograd_weights_cpu(const at::Tensor& weight_) {
-  check_weight(weight_);
+// u (16, C_out, C_in) = G g G^T of every kernel, the matrices the 16 products take
+void transform_weights_into(const at::Tensor& weight_, at::Tensor& u) {
   const at::Tensor weight = weight_.contiguous(at::MemoryFormat::ChannelsLast);  // (Cout, 3, 3, Cin) in memory
   const int64_t cout = weight.size(0), cin = weight.size(1);
-  at::Tensor u = at::empty({16, cout, cin}, weight.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "wrc::winograd_weights_cpu", [&] {
     const scalar_t* w_ptr = weight.const_data_ptr<scalar_t>();
     scalar_t* u_ptr = u.mutable_data_ptr<scalar_t>();
@@ -166,6 +168,13 @@ at::Tensor winograd_weights_cpu(const at::Tensor& weight_) {
       run_transform_weights<scalar_t>(w_ptr, u_ptr, cout, cin, begin, end);
     });
   });
+}
+
+at::Tensor winograd_weights_cpu(const at::Tensor& weight) {
+  check_weight(weight);
+  at::Tensor u = at::empty({16, weight.size(0), weight.size(1)}, weight.options().memory_format(
+                                                                       at::MemoryFormat::Contiguous));
+  transform_weights_into(weight, u);
   return u;
 }
 
@@ -203,7 +212,13 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_, const at::Tensor& weight,
   const int64_t n = x.size(0), height = x.size(2), width = x.size(3);
   at::Tensor y = at::empty({n, cout, height, width}, x.options().memory_format(cl));
   if (y.numel() == 0) return y;
-  const at::Tensor u = transformed_.has_value() ? transformed_->contiguous() : winograd_weights_cpu(weight);
+  at::Tensor u;
+  if (transformed_.has_value()) {
+    u = transformed_->contiguous();
+  } else {  // into the thread's buffer: an 11 MB fresh allocation for 416 channels would be paged in every call
+    u = workspace(2, 16 * cout * cin, x.options()).narrow(0, 0, 16 * cout * cin).view({16, cout, cin});
+    transform_weights_into(weight, u);
+  }
   const at::Tensor u_t = u.transpose(1, 2);  // (16, Cin, Cout): the BLAS reads it transposed
   const Geometry geo{height, width, (width + 1) / 2, ((height + 1) / 2) * ((width + 1) / 2)};
   const int64_t tiles = n * geo.tiles_per_sample;
