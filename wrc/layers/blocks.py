@@ -89,7 +89,7 @@ class GuidanceEncoder(nn.Module):
         folds = self.folds_stem_norms()
         if mean is not None and std is not None and not folds:
             image, mean, std = (image - mean) / std, None, None
-        if folds and self.runs_in_bands(image):
+        if self.stage_in_bands(image):
             quarter = self.to_quarter[1:](full_resolution_stage(self.stem, self.to_quarter[0], image, mean=mean,
                                                                 std=std))
         else:
@@ -107,6 +107,11 @@ class GuidanceEncoder(nn.Module):
         block = self.to_quarter[0]
         norms = (self.stem[1], block.body[1], block.body[4], block.body[7], block.shortcut[1])
         return all(is_plain_group_norm(norm) for norm in norms)
+
+    def stage_in_bands(self, image: torch.Tensor) -> bool:
+        """Whether ``forward`` computes the full-resolution layers with ``full_resolution_stage`` (which can also
+        fold the image's normalisation into the stem): plain norms to fold and an image that ``runs_in_bands``."""
+        return self.folds_stem_norms() and self.runs_in_bands(image)
 
     @staticmethod
     def runs_in_bands(image: torch.Tensor) -> bool:

@@ -17,12 +17,17 @@ from wrc.ops.winograd import winograd_conv3x3, winograd_serves
 WINOGRAD_MIN_CHANNELS = 64
 
 
+def is_plain_conv(module: nn.Module) -> bool:
+    """Whether ``module`` computes exactly nn.Conv2d (not a subclass, no hooks): only then may a caller replace
+    its call by another kernel (as wrc.layers.norm.is_plain_group_norm for GroupNorm)."""
+    return type(module) is nn.Conv2d and not module._forward_hooks and not module._forward_pre_hooks
+
+
 def takes_winograd(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` may run as ``winograd_conv3x3``: a plain nn.Conv2d (no hooks, no subclass) 3x3, stride
     1, zero padding 1, one group, at least WINOGRAD_MIN_CHANNELS wide on both sides, with x's dtype, and a
     channels-last ``x`` in eager CPU inference."""
-    return (type(conv) is nn.Conv2d and not conv._forward_hooks and not conv._forward_pre_hooks
-            and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+    return (is_plain_conv(conv) and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
             and conv.weight.dtype == x.dtype
             and min(conv.in_channels, conv.out_channels) >= WINOGRAD_MIN_CHANNELS

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrc.layers.blocks import Bottleneck, GuidanceEncoder, fused_width, half_pixel_upsample
-from wrc.layers.conv import conv_add_
+from wrc.layers.conv import conv_add_, is_plain_conv
 from wrc.layers.guidance import GuidanceNormalize
 from wrc.layers.layout import contiguous_nchw
 from wrc.layers.norm import eager_cpu_inference
@@ -97,8 +97,7 @@ class GuidedReverseNet(Upsampler):
         """``self.head(hidden) + skip``; in CPU inference the head's 1x1 convolution is added into ``skip`` as it is
         computed (wrc.layers.conv.conv_add_: no output tensor of its own, one pass over the output less)."""
         head = self.head
-        if (type(head) is nn.Conv2d and not head._forward_hooks and not head._forward_pre_hooks
-                and head.kernel_size == (1, 1) and head.stride == (1, 1) and head.padding == (0, 0)
+        if (is_plain_conv(head) and head.kernel_size == (1, 1) and head.stride == (1, 1) and head.padding == (0, 0)
                 and head.dilation == (1, 1) and head.groups == 1 and hidden.dtype == skip.dtype == head.weight.dtype
                 and eager_cpu_inference(hidden) and skip.is_contiguous(memory_format=CL)):
             return conv_add_(skip, hidden, head.weight, head.bias)
@@ -116,7 +115,7 @@ class GuidedReverseNet(Upsampler):
         # in its banded CPU inference stage one pass over the image fewer; elsewhere (folded_stem) its different
         # rounding moves outputs of randomised networks by ~1e-5, so there the image is normalised first
         if (type(self.normalize) is GuidanceNormalize and isinstance(self.encoder, GuidanceEncoder)
-                and self.encoder.folds_stem_norms() and self.encoder.runs_in_bands(image)):
+                and self.encoder.stage_in_bands(image)):
             guide_2x, guide_1x = self.encoder(image, (h, w), self.normalize.mean, self.normalize.std)
         else:
             guide_2x, guide_1x = self.encoder(self.normalize(image), (h, w))
