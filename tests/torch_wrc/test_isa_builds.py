@@ -43,7 +43,8 @@ for dtype in (torch.float32, torch.float64):
             w_high = (torch.rand(2, maps, 10, 12, dtype=dtype) + 0.1).contiguous(memory_format=torch.channels_last)
             outputs.append(torch.ops.wrc.block_solve_channels_last(y, z, kernel, w_low, w_high))
         image = torch.randn(2, channels, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        outputs.append(torch.ops.wrc.winograd_conv3x3(image, torch.randn(channels, channels, 3, 3, dtype=dtype)))
+        kernels = torch.randn(channels, channels, 3, 3, dtype=dtype)
+        outputs += [torch.ops.wrc.winograd_conv3x3(image, kernels, None, tile) for tile in (2, 4)]
 torch.save(outputs, sys.argv[1])
 """
 
@@ -61,6 +62,6 @@ def test_baseline_avx2_and_avx512_builds_agree_bit_for_bit(tmp_path):
     default = run(tmp_path / "default.pt")
     avx2 = run(tmp_path / "avx2.pt", WRC_NO_AVX512="1")
     baseline = run(tmp_path / "baseline.pt", WRC_BASELINE_ISA="1")
-    assert len(default) == len(avx2) == len(baseline) == 36
+    assert len(default) == len(avx2) == len(baseline) == 42
     for a, b, c in zip(default, avx2, baseline, strict=True):
         assert torch.equal(a, c) and torch.equal(b, c)

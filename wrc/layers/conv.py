@@ -36,7 +36,8 @@ def takes_winograd(conv: nn.Module, x: torch.Tensor) -> bool:
 
 
 def conv3x3(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``, by Winograd's F(2x2, 3x3) where ``takes_winograd``: the same up to rounding."""
+    """``conv(x)``, by Winograd's F(2x2, 3x3) or F(4x4, 3x3) (by size) where ``takes_winograd``: the same up to
+    rounding."""
     if takes_winograd(conv, x):
         # the kernels transformed on every call (a kept copy could not see in-place changes through .data)
         return winograd_conv3x3(x, conv.weight, conv.bias)

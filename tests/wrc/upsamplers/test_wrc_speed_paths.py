@@ -57,33 +57,42 @@ def test_forward_equals_the_old_formulation(name, patch, dtype, tol):
     torch.testing.assert_close(new, old, rtol=tol, atol=tol * scale)
 
 
-def test_cpu_inference_kernels_equal_the_old_formulation(monkeypatch):
+# image size -> Winograd tile per call: fuse x 2 and the layer's low-resolution map at the token grid, its
+# high-resolution map and out at 2x; at 448 the 2x maps are 64 x 64 (256 tiles of 4 x 4: F(4x4, 3x3)), everything
+# else takes F(2x2, 3x3)
+WINOGRAD_TILES = {196: [2, 2, 2, 2, 2], 448: [2, 2, 2, 4, 4]}
+
+
+@pytest.mark.parametrize("size", sorted(WINOGRAD_TILES))
+def test_cpu_inference_kernels_equal_the_old_formulation(monkeypatch, size):
     """Where the CPU inference kernels run: 96 channels (the fused width 64, so every 3x3 convolution of 64 or more
-    channels is Winograd's, wrc.layers.conv) and a 196 x 196 image (more than one band: the full-resolution stage
-    with wrc.ops.pixel_mlp). Both spied; the frozen old forward is the oracle, as above."""
+    channels is Winograd's, wrc.layers.conv, F(4x4, 3x3) on the 64 x 64 maps of a 448 image) and images of more than
+    one band (the full-resolution stage with wrc.ops.pixel_mlp). Both spied; the frozen old forward is the oracle,
+    as above."""
     pytest.importorskip("torch_wrc")
-    import wrc.layers.conv as conv_module
     import wrc.layers.full_resolution as stage
+    import wrc.ops.winograd as winograd_module
 
-    calls = {"winograd": 0, "pixel_mlp": 0}
+    tiles, moments = [], []
 
-    def spy(name, function):
-        def counted(*args, **kwargs):
-            calls[name] += 1
-            return function(*args, **kwargs)
-        return counted
+    def tile_spy(x):
+        tiles.append(original_tile(x))
+        return tiles[-1]
 
-    monkeypatch.setattr(conv_module, "winograd_conv3x3", spy("winograd", conv_module.winograd_conv3x3))
-    monkeypatch.setattr(stage, "pixel_mlp_moments", spy("pixel_mlp", stage.pixel_mlp_moments))
+    original_tile = winograd_module.winograd_tile
+    monkeypatch.setattr(winograd_module, "winograd_tile", tile_spy)
+    original_moments = stage.pixel_mlp_moments
+    monkeypatch.setattr(stage, "pixel_mlp_moments", lambda *a, **k: moments.append(1) or original_moments(*a, **k))
     model = randomised("wrc", 14, torch.float32, channels=96)
     torch.manual_seed(1)
-    features, image = torch.randn(1, 96, 14, 14), torch.rand(1, 3, 196, 196)
+    grid = size // 14
+    features, image = torch.randn(1, 96, grid, grid), torch.rand(1, 3, size, size)
     with torch.no_grad():
         new, old = model(features, image), reference_step(model, features, image)
     import torch_wrc
 
     if torch_wrc.is_available():
-        assert calls == {"winograd": 5, "pixel_mlp": 1}  # fuse x 2, the layer's two maps, out; one sample
+        assert tiles == WINOGRAD_TILES[size] and len(moments) == 1  # one sample: one pass of moments
     scale = old.abs().max().item()
     assert scale > 1.0
     torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5 * scale)
