@@ -15,10 +15,11 @@ import torch.nn.functional as F
 
 from wrc.ops.extension import extension_enabled
 
-# F(4x4, 3x3) from this many 4x4 tiles on (a 64 x 64 map): its kernels, transformed on every call, are 36 matrices
-# (C_out, C_in) against F(2x2)'s 16, which only enough tiles pay back. Measured on a 2-core AMD EPYC, time of F(4x4)
-# over F(2x2): 64 x 64 maps of 240 channels 0.66-0.82, 32 x 32 of 208-416 channels 0.87-1.27, 16 x 16 1.2-2.2.
-FOUR_BY_FOUR_MIN_TILES = 256
+# F(4x4, 3x3) from this many 4x4 tiles on (a 45 x 45 map): its kernels, transformed on every call, are 36 matrices
+# (C_out, C_in) against F(2x2)'s 16 (and the BLAS repacks them), which only enough tiles pay back. Measured on a
+# 2-core AMD EPYC, median time of F(4x4) over F(2x2), interleaved: 64 x 64 maps of 240 channels 0.80-0.86, 48 x 48
+# (144 tiles) 0.82, 32 x 32 (64 tiles) of 208-416 channels 0.97-1.11, 16 x 16 1.6-1.8.
+FOUR_BY_FOUR_MIN_TILES = 128
 
 
 def winograd_serves(x: torch.Tensor) -> bool:

@@ -24,6 +24,9 @@
 #include <immintrin.h>
 #define WRC_HAS_AVX2_BUILD 1
 #define WRC_ISA_INLINE inline __attribute__((always_inline))
+// on a lambda called by a WRC_ISA_INLINE loop (wide.h's for_lanes): otherwise it may stay a function of its own,
+// compiled for the baseline ISA, inside an AVX2 build
+#define WRC_LAMBDA_INLINE __attribute__((always_inline))
 #define WRC_ISA_CLONES(name, body)                                          \
   template <typename T, bool... Flags, typename... Args>                    \
   __attribute__((target("avx2"))) auto name##_avx2(Args&&... args) {        \
@@ -65,6 +68,7 @@ inline bool cpu_has_avx512() {
 #else  // other compilers and architectures: the one build the compiler makes
 #define WRC_HAS_AVX2_BUILD 0
 #define WRC_ISA_INLINE inline
+#define WRC_LAMBDA_INLINE
 #define WRC_ISA_CLONES(name, body)                          \
   template <typename T, bool... Flags, typename... Args>    \
   auto name(Args&&... args) {                               \

@@ -2,7 +2,7 @@
 // compiles to one AVX2 register per value in an AVX2 build (isa.h) and to two SSE2 registers in the baseline
 // build, with the same arithmetic per lane in both (the same bits). Other compilers get one T per value.
 //
-//   for_lanes<T>(n, [&]<typename V>(int64_t i) { store(out + i, load<V>(a + i) + load<V>(b + i)); });
+//   for_lanes<T>(n, [&]<typename V>(int64_t i) WRC_LAMBDA_INLINE { store(out + i, load<V>(a + i) + load<V>(b + i)); });
 #pragma once
 
 #include <cstddef>
