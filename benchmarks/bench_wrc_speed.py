@@ -4,7 +4,8 @@
 
 DINOv2 ViT-S/14 shapes (C = 384, patch 14, grid = image / 14 -> 2x), batch 1, random weights (they cost what
 trained ones cost). Each round calls LiFT, the old WRC forward (benchmarks/wrc_speed_reference.py, frozen) and
-the current one once each, interleaved, so that a loaded machine slows all three alike; the table gives medians
+the current one once each, interleaved, so that a loaded machine slows all three alike (in an order rotated each
+round: a call after one that churned the caches and the allocator's memory runs slower); the table gives medians
 and each one's ratio to LiFT's median, and checks that old and new outputs agree (max |new - old|). A last row per
 size gives the time WRC spends in its convolutions alone against LiFT's whole forward (profiled): the floor of any
 speed-up outside the convolution kernels as they run now.
@@ -62,8 +63,10 @@ def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, pa
             for _ in range(2):  # warm-up
                 for call in calls.values():
                     call()
-            for _ in range(repeat):
-                for name, call in calls.items():
+            order = list(calls.items())
+            for round_ in range(repeat):  # the order rotated each round: every model follows every other as often
+                shift = round_ % len(order)  # (a call runs slower after one that churned the caches and the heap)
+                for name, call in order[shift:] + order[:shift]:
                     synchronize(device)
                     start = time.perf_counter()
                     call()
@@ -126,7 +129,7 @@ def main() -> None:
     models = "LiFT, WRC before, WRC after" + (", WRC after compiled" if args.compile else "")
     lines = [f"C={args.channels}, patch {args.patch}, batch 1, 2x; {torch.get_num_threads()} threads, load average "
              f"{load:.1f} on {os.cpu_count()} cores at the end. Medians of {args.repeat} interleaved rounds "
-             f"({models}), ratios to LiFT's median in the same run: on a shared machine absolute ms are not "
+             f"({models}; the order rotated each round), ratios to LiFT's median in the same run: on a shared machine absolute ms are not "
              "comparable across runs, the ratios are the result. \"convolutions only\": the time WRC spends inside "
              "convolution kernels, over LiFT's whole forward, both from one profiler pass: what remains if everything "
              "around the convolution kernels took no time.", "",

@@ -64,9 +64,10 @@ def test_banded_stage_folds_the_normalisation_at_rounding():
     assert (out.double() - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
-def test_fused_band_convolutions_give_the_same_bits(monkeypatch):
+def test_fused_band_convolutions_equal_convolution_and_add(monkeypatch):
     """float32: oneDNN's in-place add of the strided conv into the output (conv_add_) against F.conv2d and add_
-    into zeros: the same arithmetic, so the same bits."""
+    into zeros: the same sums, to float32 rounding (the same bits on a 2-core Intel Xeon with AVX-512; on a 2-core
+    AMD EPYC with AVX2 oneDNN takes another kernel with the post-op: 5e-7 of the scale apart)."""
     import wrc.layers.conv as fused_convolutions
 
     if not fused_convolutions.oneDNN_pointwise():
@@ -85,7 +86,8 @@ def test_fused_band_convolutions_give_the_same_bits(monkeypatch):
         assert len(in_place) == 2 * 5  # per sample: 5 bands of 6 output rows (the shortcut is pixel_mlp's)
         monkeypatch.setattr(fused_convolutions, "FUSED_CONVOLUTIONS", False)
         plain = full_resolution_stage(encoder.stem, encoder.to_quarter[0], image, band_pixels=12 * 36)
-    assert len(in_place) == 10 and torch.equal(fused, plain)
+    assert len(in_place) == 10
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6 * plain.abs().max().item())
 
 
 def test_encoder_uses_bands_for_cpu_inference_only():
