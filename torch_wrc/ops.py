@@ -192,7 +192,7 @@ if hasattr(torch.ops.wrc, "channel_affine_"):  # absent from a library built bef
 
 if hasattr(torch.ops.wrc, "winograd_conv3x3"):  # absent from a library built before the op existed
     @torch.library.register_fake("wrc::winograd_conv3x3")
-    def _winograd_conv3x3_fake(x, weight, bias=None, tile=4):
+    def _winograd_conv3x3_fake(x, weight, bias=None, tile=2):
         torch._check(x.dim() == 4 and weight.dim() == 4 and weight.shape[1] == x.shape[1])
         return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
                            memory_format=torch.channels_last)

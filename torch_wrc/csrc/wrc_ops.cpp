@@ -55,9 +55,10 @@ TORCH_LIBRARY(wrc, m) {
       "channel_affine_(Tensor(a!) x, Tensor scale, Tensor shift, Tensor? residual, Tensor? residual_scale,"
       " bool relu) -> ()");
   // A 3x3 convolution (stride 1, zero padding 1, one group) of x (N, C_in, H, W) with weight (C_out, C_in, 3, 3)
-  // and an optional bias (C_out,) by Winograd's F(tile x tile, 3x3), tile 2 or 4; -> (N, C_out, H, W)
-  // channels-last. CPU inference for float32 and float64, not differentiable.
-  m.def("winograd_conv3x3(Tensor x, Tensor weight, Tensor? bias=None, int tile=4) -> Tensor");
+  // and an optional bias (C_out,) by Winograd's F(tile x tile, 3x3), tile 2 or 4 (4 pays on larger maps only:
+  // wrc.ops.winograd.winograd_tile); -> (N, C_out, H, W) channels-last. CPU inference for float32 and float64, not
+  // differentiable.
+  m.def("winograd_conv3x3(Tensor x, Tensor weight, Tensor? bias=None, int tile=2) -> Tensor");
   // Two 1x1 convolutions with a ReLU between them at every pixel of x (N, P, C_in): y = W2 relu(W1 x + b1) + b2,
   // w1 (K, C_in), b1 (K), w2 (M, K), b2 (M) or none; pixel_mlp -> (N, P, M) [through a ReLU],
   // pixel_mlp_into writes them into out (N, P, M); pixel_mlp_moments -> the float64 mean and population variance

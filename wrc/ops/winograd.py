@@ -5,7 +5,8 @@ PyTorch's CPU convolution (oneDNN's direct algorithm) of the guided networks' wi
 already runs near the CPU's peak: only fewer multiplications make those layers faster. torch_wrc's kernel
 transforms m x m output tiles and their (m + 2) x (m + 2) input patches, and leaves the (m + 2)^2 products per tile
 to the BLAS, a block of tiles at a time. Its float32 results differ from direct convolution's by a few times float32
-rounding (tested against float64 direct convolution; F(4x4) about twice direct convolution's error, F(2x2) less).
+rounding (tested against float64 direct convolution; F(4x4) 1.3-2x direct convolution's error at 96-416 channels,
+up to 3.5x at 17; F(2x2) less).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import torch.nn.functional as F
 
 from wrc.ops.extension import extension_enabled
 
-# F(4x4, 3x3) from this many 4x4 tiles on (a 45 x 45 map): its kernels, transformed on every call, are 36 matrices
-# (C_out, C_in) against F(2x2)'s 16 (and the BLAS repacks them), which only enough tiles pay back. Measured on a
-# 2-core AMD EPYC, median time of F(4x4) over F(2x2), interleaved: 64 x 64 maps of 240 channels 0.80-0.86, 48 x 48
-# (144 tiles) 0.82, 32 x 32 (64 tiles) of 208-416 channels 0.97-1.11, 16 x 16 1.6-1.8.
+# F(4x4, 3x3) from this many 4x4 tiles on (one 45 x 45 map and up): its kernels, transformed on every call, are 36
+# matrices (C_out, C_in) against F(2x2)'s 16 (and the BLAS repacks them), which only enough tiles pay back. Measured
+# on a 2-core AMD EPYC, median time of F(4x4) over F(2x2), interleaved: 64 x 64 maps of 240 channels 0.80-0.86,
+# 48 x 48 (144 tiles) 0.82, 32 x 32 (64 tiles) of 208-416 channels 0.97-1.11, 16 x 16 1.6-1.8.
 FOUR_BY_FOUR_MIN_TILES = 128
 
 
