@@ -11,6 +11,7 @@ from torch import nn
 from wrc.layers.conv import conv3x3
 from wrc.layers.full_resolution import BAND_PIXELS, full_resolution_stage
 from wrc.layers.norm import GroupNorm, eager_cpu_inference, fuses_in_place, group_norm_, is_plain_group_norm
+from wrc.ops.moments import group_affine
 from wrc.ops.pixel_mlp import pixel_mlp_serves
 
 
@@ -142,12 +143,10 @@ def folded_stem(stem: nn.Sequential, image: torch.Tensor, mean: torch.Tensor, st
         cov = centred.transpose(1, 2) @ centred / (height * width)  # b, 3, 3 (population, as GroupNorm)
         channel_mean = mu @ weight.t() + bias  # b, k
         channel_var = torch.einsum("ci,bij,cj->bc", weight, cov, weight)  # b, k
-        group_mean = channel_mean.view(b, groups, -1).mean(-1, keepdim=True)
-        group_var = (channel_var.view(b, groups, -1) + (channel_mean.view(b, groups, -1) - group_mean).square())
-        rstd = (group_var.mean(-1, keepdim=True) + eps).rsqrt()  # b, groups, 1
-        scale = norm.weight.double().view(1, groups, -1) * rstd  # b, groups, k / groups
-        # applied to the centred image, so that no large shift cancels a large product in fp32
-        shift = norm.bias.double().view(1, groups, -1) + (channel_mean.view(b, groups, -1) - group_mean) * scale
+        scale, shift = group_affine(channel_mean, channel_var, groups, norm.weight, norm.bias, eps, torch.float64)
+        # applied to the centred image (conv(image - mu) = conv(image) - channel_mean), so that no large shift
+        # cancels a large product in fp32
+        shift = shift + channel_mean * scale
         dtype = image.dtype if image.dtype in (torch.float32, torch.float64) else torch.float32
         weight_b = (scale.reshape(b, k, 1) * weight).to(dtype)  # b, k, 3
         shift_b = shift.reshape(b, k, 1).to(dtype)
