@@ -1,20 +1,21 @@
 """WRC's upsampler time before and after issue 17 ("Speed on the CPU"), as ratios to LiFT measured in one process.
 
-    python -m benchmarks.bench_wrc_speed [--device cpu] [--sizes 224 448] [--repeat 15] [--channels 384]
+    python -m benchmarks.bench_wrc_speed [--device cpu] [--sizes 224 448] [--repeat 18] [--channels 384]
 
 DINOv2 ViT-S/14 shapes (C = 384, patch 14, grid = image / 14 -> 2x), batch 1, random weights (they cost what
 trained ones cost). Each round calls LiFT, the old WRC forward (benchmarks/wrc_speed_reference.py, frozen) and
-the current one once each, interleaved, so that a loaded machine slows all three alike (in an order rotated each
-round: a call after one that churned the caches and the allocator's memory runs slower); the table gives medians
-and each one's ratio to LiFT's median, and checks that old and new outputs agree (max |new - old|). A last row per
-size gives the time WRC spends in its convolutions alone against LiFT's whole forward (profiled): the floor of any
-speed-up outside the convolution kernels as they run now.
+the current one once each, interleaved, so that a loaded machine slows all three alike (each round in another of
+their orders, 6 or 24 with --compile: a call after one that churned the caches and the allocator's memory runs
+slower); the table gives medians and each one's ratio to LiFT's median, and checks that old and new outputs agree
+(max |new - old|). A last row per size gives the time WRC spends in its convolutions alone against LiFT's whole
+forward (profiled): the floor of any speed-up outside the convolution kernels as they run now.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import statistics
 import time
@@ -63,10 +64,11 @@ def bench(device: torch.device, sizes: list[int], repeat: int, channels: int, pa
             for _ in range(2):  # warm-up
                 for call in calls.values():
                     call()
-            order = list(calls.items())
-            for round_ in range(repeat):  # the order rotated each round: every model follows every other as often
-                shift = round_ % len(order)  # (a call runs slower after one that churned the caches and the heap)
-                for name, call in order[shift:] + order[:shift]:
+            # each round one of the calls' orders, all in turn (a call runs slower after one that churned the
+            # caches and the allocator's memory: over a multiple of 6 rounds each model follows each other as often)
+            orders = list(itertools.permutations(calls.items()))
+            for round_ in range(repeat):
+                for name, call in orders[round_ % len(orders)]:
                     synchronize(device)
                     start = time.perf_counter()
                     call()
@@ -96,8 +98,8 @@ CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten:
 
 
 def convolution_floor(wrc_call, lift_call, rounds: int) -> dict[str, float]:
-    """The time WRC spends inside convolution kernels per call, and LiFT's whole call, from one profiler pass over
-    interleaved calls: a lower bound on WRC's time for any change that keeps its convolutions (and its outputs)."""
+    """The time WRC spends inside convolution kernels per call, and LiFT's whole call, from two profiler passes (WRC's
+    calls, then LiFT's): a lower bound on WRC's time for any change that keeps its convolutions (and its outputs)."""
     from torch.profiler import ProfilerActivity, profile
 
     totals = {}
@@ -116,7 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 448])
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=18,
+                        help="rounds (a multiple of 6, of 24 with --compile: every order as often)")
     parser.add_argument("--channels", type=int, default=384, help="feature width (384: DINOv2 ViT-S/14)")
     parser.add_argument("--patch", type=int, default=14)
     parser.add_argument("--compile", action="store_true",
@@ -129,17 +132,18 @@ def main() -> None:
     models = "LiFT, WRC before, WRC after" + (", WRC after compiled" if args.compile else "")
     lines = [f"C={args.channels}, patch {args.patch}, batch 1, 2x; {torch.get_num_threads()} threads, load average "
              f"{load:.1f} on {os.cpu_count()} cores at the end. Medians of {args.repeat} interleaved rounds "
-             f"({models}; the order rotated each round), ratios to LiFT's median in the same run: on a shared machine absolute ms are not "
-             "comparable across runs, the ratios are the result. \"convolutions only\": the time WRC spends inside "
-             "convolution kernels, over LiFT's whole forward, both from one profiler pass: what remains if everything "
-             "around the convolution kernels took no time.", "",
+             f"({models}; their orders in turn), ratios to LiFT's median in the same run: on a shared machine "
+             "absolute ms are not comparable across runs, the ratios are the result. \"convolutions only\": the time "
+             "WRC spends inside convolution kernels, over LiFT's whole forward, from a profiler pass over each: what "
+             "remains if everything around the convolution kernels took no time.", "",
              "| model | image | grid | median ms | x LiFT | max abs diff after vs before |",
              "| --- | ---: | --- | ---: | ---: | ---: |"]
     for r in rows:
         diff = "-" if r["max_abs_diff_vs_before"] is None else f"{r['max_abs_diff_vs_before']:.1e}"
         lines.append(f"| {r['model']} | {r['image_size']} | {r['grid'][0]}x{r['grid'][1]} | {r['median_ms']:.1f} | "
                      f"{r['vs_lift']:.2f} | {diff} |")
-    publish(f"wrc_speed_{device.type}", device, rows, lines, channels=args.channels, patch=args.patch)
+    publish(f"wrc_speed_{device.type}", device, rows, lines, channels=args.channels, patch=args.patch,
+            order="each round another order of the calls, all in turn")
 
 
 if __name__ == "__main__":

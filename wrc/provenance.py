@@ -105,11 +105,27 @@ def _quote(arg: str) -> str:
 
 
 def device_name(device: torch.device | str) -> str:
-    """``NVIDIA H100 80GB HBM3`` or ``x86_64 CPU, 2 threads``."""
+    """``NVIDIA H100 80GB HBM3`` or ``AMD EPYC (x86_64), 2 threads``: CPU results of one architecture differ by
+    model (vector width, caches), so the model is named where the OS tells it."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    architecture = platform.machine() or platform.processor() or "unknown"
+    model = _cpu_model()
+    name = f"{model} ({architecture})" if model else f"{architecture} CPU"
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), or ''."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name") and ":" in line:
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return ""
 
 
 def environment(device: torch.device | str) -> dict[str, object]:
