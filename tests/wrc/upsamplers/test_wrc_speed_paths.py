@@ -158,6 +158,18 @@ def test_folded_stem_equals_normalise_conv_groupnorm_relu():
                                    rtol=1e-10, atol=1e-10)
 
 
+def test_folded_stem_without_affine_parameters():
+    """A GroupNorm without weight and bias (affine=False) folds as well: against normalise, conv, GroupNorm, ReLU."""
+    torch.manual_seed(3)
+    stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1, bias=False), torch.nn.GroupNorm(4, 8, affine=False),
+                               torch.nn.ReLU()).double()
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    image = torch.rand(2, 3, 9, 7, dtype=torch.float64)
+    expected = F.relu(F.group_norm(F.conv2d((image - mean) / std, stem[0].weight), 4))
+    torch.testing.assert_close(folded_stem(stem, image, mean, std), expected, rtol=1e-10, atol=1e-10)
+
+
 def stem_oracle(encoder, image, mean, std):
     conv = F.conv2d((image - mean) / std, encoder.stem[0].weight)
     groups = conv.view(image.shape[0], encoder.stem[1].num_groups, -1)
