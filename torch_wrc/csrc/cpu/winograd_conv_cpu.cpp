@@ -122,6 +122,25 @@ struct Geometry {
   }
 };
 
+// T p T^T for an In x In patch p: the 1-D transform ``apply`` (In values -> Out) along the columns, then along the
+// first ``rows`` rows of the result; at(a, b) loads p[a][b], put(a, b, v) takes (T p T^T)[a][b]. The three 2-D
+// transforms below are this with G, B^T and A^T.
+template <int In, int Out, typename V, typename Apply, typename At, typename Put>
+WRC_ISA_INLINE void separable(Apply&& apply, At&& at, Put&& put, int rows = Out) {
+  V columns[Out][In];  // columns[a][b] = (T p)[a][b]
+  for (int b = 0; b < In; ++b) {
+    V column[In], transformed[Out];
+    for (int a = 0; a < In; ++a) column[a] = at(a, b);
+    apply(column, transformed);
+    for (int a = 0; a < Out; ++a) columns[a][b] = transformed[a];
+  }
+  for (int a = 0; a < rows; ++a) {
+    V row[Out];
+    apply(columns[a], row);
+    for (int b = 0; b < Out; ++b) put(a, b, row[b]);
+  }
+}
+
 // u[k][co][ci] = (G g G^T)[k] for the kernels of output channels [co_begin, co_end); w channels-last (Cout, 3, 3,
 // Cin).
 template <typename T, int M>
@@ -133,19 +152,10 @@ WRC_ISA_INLINE void transform_weights(Tile<M>, const T* w, T* u, int64_t cout, i
     const T* g = w + co * 9 * cin;
     T* out = u + co * cin;
     for_lanes<T>(cin, [&]<typename V>(int64_t ci) WRC_LAMBDA_INLINE {
-      V columns[A][3];  // columns[a][j] = (G g)[a][j]
-      for (int j = 0; j < 3; ++j) {
-        const V column[3] = {load<V>(g + j * cin + ci), load<V>(g + (3 + j) * cin + ci),
-                             load<V>(g + (6 + j) * cin + ci)};
-        V transformed[A];
-        Minimal<M>::template kernel<V, T>(column, transformed);
-        for (int a = 0; a < A; ++a) columns[a][j] = transformed[a];
-      }
-      for (int a = 0; a < A; ++a) {
-        V row[A];
-        Minimal<M>::template kernel<V, T>(columns[a], row);
-        for (int b = 0; b < A; ++b) store(out + (A * a + b) * plane + ci, row[b]);
-      }
+      separable<3, A, V>(
+          [](const V* in, V* transformed) WRC_LAMBDA_INLINE { Minimal<M>::template kernel<V, T>(in, transformed); },
+          [&](int i, int j) WRC_LAMBDA_INLINE { return load<V>(g + (3 * i + j) * cin + ci); },
+          [&](int a, int b, V value) WRC_LAMBDA_INLINE { store(out + (A * a + b) * plane + ci, value); });
     });
   }
 }
@@ -171,18 +181,10 @@ WRC_ISA_INLINE void transform_inputs(Tile<M>, const T* x, const T* zeros, T* v, 
     }
     T* out = v + (t - first) * cin;
     for_lanes<T>(cin, [&]<typename V>(int64_t ci) WRC_LAMBDA_INLINE {
-      V columns[A][A];  // columns[a][b] = (B^T d)[a][b]
-      for (int b = 0; b < A; ++b) {
-        V column[A], transformed[A];
-        for (int a = 0; a < A; ++a) column[a] = load<V>(d[a][b] + ci);
-        Minimal<M>::template data<V, T>(column, transformed);
-        for (int a = 0; a < A; ++a) columns[a][b] = transformed[a];
-      }
-      for (int a = 0; a < A; ++a) {
-        V row[A];
-        Minimal<M>::template data<V, T>(columns[a], row);
-        for (int b = 0; b < A; ++b) store(out + (A * a + b) * plane + ci, row[b]);
-      }
+      separable<A, A, V>(
+          [](const V* in, V* transformed) WRC_LAMBDA_INLINE { Minimal<M>::template data<V, T>(in, transformed); },
+          [&](int a, int b) WRC_LAMBDA_INLINE { return load<V>(d[a][b] + ci); },
+          [&](int a, int b, V value) WRC_LAMBDA_INLINE { store(out + (A * a + b) * plane + ci, value); });
     });
   }
 }
@@ -201,19 +203,14 @@ WRC_ISA_INLINE void transform_outputs(Tile<M>, const T* m, const T* bias, T* y, 
     T* pixel = y + ((n * geo.height + row0) * geo.width + col0) * cout;
     const T* tile = m + (t - first) * cout;
     for_lanes<T>(cout, [&]<typename V>(int64_t co) WRC_LAMBDA_INLINE {
-      V columns[M][A];  // columns[a][b] = (A^T m)[a][b]
-      for (int b = 0; b < A; ++b) {
-        V column[A], transformed[M];
-        for (int a = 0; a < A; ++a) column[a] = load<V>(tile + (A * a + b) * plane + co);
-        Minimal<M>::template output<V, T>(column, transformed);
-        for (int a = 0; a < M; ++a) columns[a][b] = transformed[a];
-      }
       const V offset = bias == nullptr ? splat<V>(T(0)) : load<V>(bias + co);
-      for (int a = 0; a < rows; ++a) {
-        V row[M];
-        Minimal<M>::template output<V, T>(columns[a], row);
-        for (int b = 0; b < cols; ++b) store(pixel + (a * geo.width + b) * cout + co, row[b] + offset);
-      }
+      separable<A, M, V>(
+          [](const V* in, V* transformed) WRC_LAMBDA_INLINE { Minimal<M>::template output<V, T>(in, transformed); },
+          [&](int a, int b) WRC_LAMBDA_INLINE { return load<V>(tile + (A * a + b) * plane + co); },
+          [&](int a, int b, V value) WRC_LAMBDA_INLINE {
+            if (b < cols) store(pixel + (a * geo.width + b) * cout + co, value + offset);
+          },
+          static_cast<int>(rows));
     });
   }
 }
