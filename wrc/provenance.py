@@ -116,10 +116,10 @@ def device_name(device: torch.device | str) -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), or ''."""
+def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name from ``cpuinfo`` (Linux's /proc/cpuinfo), or '' where there is none."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
             for line in info:
                 if line.startswith("model name") and ":" in line:
                     return " ".join(line.split(":", 1)[1].split())

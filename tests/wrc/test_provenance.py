@@ -33,3 +33,21 @@ def test_a_rewritten_result_is_not_a_dirty_tree_but_a_code_edit_is(checkout):
     assert provenance.code_version()["dirty"] is False
     (checkout / "wrc" / "code.py").write_text("x = 2\n")
     assert provenance.code_version()["dirty"] is True
+
+
+def test_cpu_device_names_the_model_where_the_os_tells_it(tmp_path, monkeypatch):
+    """Two CPUs of one architecture give different results: the model is named (from /proc/cpuinfo's first
+    'model name', whitespace collapsed), else the architecture alone."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD   EPYC 7B13\nflags\t: avx2\n"
+                       "processor\t: 1\nmodel name\t: another\n")
+    assert provenance._cpu_model(str(cpuinfo)) == "AMD EPYC 7B13"
+    assert provenance._cpu_model(str(tmp_path / "absent")) == ""
+    (tmp_path / "bare").write_text("processor\t: 0\n")
+    assert provenance._cpu_model(str(tmp_path / "bare")) == ""
+    monkeypatch.setattr(provenance.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(provenance, "_cpu_model", lambda: "AMD EPYC 7B13")
+    assert provenance.device_name("cpu").startswith("AMD EPYC 7B13 (x86_64), ")
+    monkeypatch.setattr(provenance, "_cpu_model", lambda: "")
+    assert provenance.device_name("cpu").startswith("x86_64 CPU, ")
+    assert provenance.device_name("cpu").endswith(" threads")
